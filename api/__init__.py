@@ -1,0 +1,1 @@
+"""Kami HTTP API: FastAPI routers, auth, schemas and error mapping over `engine`."""

@@ -1,0 +1,14 @@
+//! The PyO3 binding layer: the only module that touches Python. Each area registers its
+//! classes and functions from its own file.
+
+mod errors;
+
+use pyo3::prelude::*;
+
+/// Kami's Rust core (`engine._core`).
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", crate::VERSION)?;
+    errors::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,23 @@
+"""Kami's domain logic. The Rust core is re-exported here with an explicit surface."""
+
+from engine._core import (
+    CryptoError,
+    EngineError,
+    HoldNotFound,
+    IntegrityError,
+    OutOfStock,
+    Overloaded,
+    PoolUnavailable,
+    __version__,
+)
+
+__all__ = [
+    "CryptoError",
+    "EngineError",
+    "HoldNotFound",
+    "IntegrityError",
+    "OutOfStock",
+    "Overloaded",
+    "PoolUnavailable",
+    "__version__",
+]
