@@ -1,6 +1,7 @@
 """Kami's Rust core (`engine._core`)."""
 
 __all__ = [
+    "__version__",
     "CryptoError",
     "EngineError",
     "HoldNotFound",
