@@ -5,6 +5,7 @@
 //! touches PyO3, so everything else is testable with `cargo test --no-default-features`.
 
 pub mod error;
+pub mod pool;
 
 #[cfg(feature = "python")]
 mod py;

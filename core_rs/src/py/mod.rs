@@ -2,6 +2,7 @@
 //! classes and functions from its own file.
 
 mod errors;
+mod pool;
 
 use pyo3::prelude::*;
 
@@ -10,5 +11,6 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
     errors::register(m)?;
+    pool::register(m)?;
     Ok(())
 }
