@@ -7,6 +7,7 @@ from engine._core import (
     IntegrityError,
     OutOfStock,
     Overloaded,
+    Pool,
     PoolUnavailable,
     __version__,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "IntegrityError",
     "OutOfStock",
     "Overloaded",
+    "Pool",
     "PoolUnavailable",
     "__version__",
 ]

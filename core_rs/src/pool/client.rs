@@ -1,7 +1,7 @@
 //! The async pool client: one Redis deployment (single server or cluster), lazily
 //! connected, with per-shard coalescing of reserve / confirm / release / take.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -743,14 +743,14 @@ impl Pool {
     /// Holders with a live hold or an issued record, over all shards.
     pub async fn holders(&self, sku: &str) -> CoreResult<Vec<String>> {
         let mut out = Vec::new();
-        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut seen: HashSet<String> = HashSet::new();
         for tag in self.tags(sku)? {
             for v in as_array(self.inner.admin(&tag, "H", 0, None).await?)? {
                 let Value::BulkString(b) = v else {
                     return Err(integrity("holder name"));
                 };
                 let name = String::from_utf8_lossy(&b).into_owned();
-                if seen.insert(name.clone(), ()).is_none() {
+                if seen.insert(name.clone()) {
                     out.push(name);
                 }
             }

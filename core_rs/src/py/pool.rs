@@ -83,13 +83,13 @@ pub struct PyPool {
 impl PyPool {
     #[new]
     #[pyo3(signature = (
-        url, *, namespace = "kami".to_owned(), shards = 1, max_batch = 256, max_queue = 65536,
+        url, *, namespace = "kami", shards = 1, max_batch = 256, max_queue = 65536,
         cluster = false, timeout_ms = 2000, issued_ttl_ms = 86_400_000,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         url: Urls,
-        namespace: String,
+        namespace: &str,
         shards: u32,
         max_batch: usize,
         max_queue: usize,
@@ -104,7 +104,7 @@ impl PyPool {
         let config = PoolConfig {
             urls,
             cluster,
-            namespace,
+            namespace: namespace.to_owned(),
             shards,
             max_batch,
             max_queue,
