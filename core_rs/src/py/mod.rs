@@ -3,6 +3,7 @@
 
 mod errors;
 mod pool;
+mod runtime;
 
 use pyo3::prelude::*;
 
@@ -11,6 +12,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
     errors::register(m)?;
+    runtime::register(m)?;
     pool::register(m)?;
     Ok(())
 }

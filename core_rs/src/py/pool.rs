@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-use pyo3_async_runtimes::tokio::future_into_py;
+
+use super::runtime::spawn;
 
 use crate::pool::{Entry, Pool, PoolConfig};
 
@@ -162,9 +163,9 @@ impl PyPool {
             .into_iter()
             .map(|(id, ct, prio)| (id, ct.as_bytes().to_vec(), prio))
             .collect();
-        future_into_py(
+        spawn(
             py,
-            async move { Ok(pool.load(&sku, entries, batch).await?) },
+            async move { pool.load(&sku, entries, batch).await },
         )
     }
 
@@ -185,10 +186,10 @@ impl PyPool {
         batch: Option<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);
-        future_into_py(py, async move {
-            Ok(Entries(
-                pool.reserve(&sku, &holder, quantity, ttl_ms, batch).await?,
-            ))
+        spawn(py, async move {
+            pool.reserve(&sku, &holder, quantity, ttl_ms, batch)
+                .await
+                .map(Entries)
         })
     }
 
@@ -202,7 +203,7 @@ impl PyPool {
         holder: String,
     ) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);
-        future_into_py(py, async move { Ok(pool.confirm(&sku, &holder).await?) })
+        spawn(py, async move { pool.confirm(&sku, &holder).await })
     }
 
     /// Return the entries held by ``holder`` to the pool (first in line); returns how many.
@@ -214,7 +215,7 @@ impl PyPool {
         holder: String,
     ) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);
-        future_into_py(py, async move { Ok(pool.release(&sku, &holder).await?) })
+        spawn(py, async move { pool.release(&sku, &holder).await })
     }
 
     /// Reserve and confirm in one script call (prepaid issuance): returns
@@ -233,8 +234,8 @@ impl PyPool {
         batch: Option<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);
-        future_into_py(py, async move {
-            Ok(Entries(pool.take(&sku, &holder, quantity, batch).await?))
+        spawn(py, async move {
+            pool.take(&sku, &holder, quantity, batch).await.map(Entries)
         })
     }
 
@@ -249,15 +250,15 @@ impl PyPool {
         holder: String,
     ) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);
-        future_into_py(py, async move {
-            Ok(PerSku(pool.take_many(&requests, &holder).await?))
+        spawn(py, async move {
+            pool.take_many(&requests, &holder).await.map(PerSku)
         })
     }
 
     /// ``(available, held, issued)`` counts of the pool, summed over its shards.
     fn stock<'py>(&self, py: Python<'py>, sku: String) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);
-        future_into_py(py, async move {
+        spawn(py, async move {
             let s = pool.stock(&sku).await?;
             Ok((s.available, s.held, s.issued))
         })
@@ -274,7 +275,7 @@ impl PyPool {
         now_ms: Option<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);
-        future_into_py(py, async move { Ok(pool.expire(&sku, now_ms).await?) })
+        spawn(py, async move { pool.expire(&sku, now_ms).await })
     }
 
     /// Replace the pool of ``sku`` with ``entries`` ``(entry_id, ciphertext, priority,
@@ -295,9 +296,9 @@ impl PyPool {
             .into_iter()
             .map(|(id, ct, prio, b)| (id, ct.as_bytes().to_vec(), prio, b))
             .collect();
-        future_into_py(
+        spawn(
             py,
-            async move { Ok(pool.rebuild(&sku, entries, issued).await?) },
+            async move { pool.rebuild(&sku, entries, issued).await },
         )
     }
 
@@ -305,20 +306,20 @@ impl PyPool {
     /// were available.
     fn drain<'py>(&self, py: Python<'py>, sku: String) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);
-        future_into_py(py, async move { Ok(pool.drain(&sku).await?) })
+        spawn(py, async move { pool.drain(&sku).await })
     }
 
     /// Whether the pool of ``sku`` is present in Redis (loaded or rebuilt, not drained or
     /// lost): a missing pool must be rebuilt before it serves.
     fn exists<'py>(&self, py: Python<'py>, sku: String) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);
-        future_into_py(py, async move { Ok(pool.exists(&sku).await?) })
+        spawn(py, async move { pool.exists(&sku).await })
     }
 
     /// Holders with a live hold or an issued record in the pool of ``sku``.
     fn holders<'py>(&self, py: Python<'py>, sku: String) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);
-        future_into_py(py, async move { Ok(pool.holders(&sku).await?) })
+        spawn(py, async move { pool.holders(&sku).await })
     }
 
     fn __repr__(&self) -> String {

@@ -29,7 +29,8 @@ end
 -- Put entries of a record {bucket, entry, ...} back at the front of their buckets.
 local function push_back(rec)
   local groups, order = {}, {}
-  for k = 1, #rec, 2 do
+  -- Backwards, because LPUSH a b leaves b first: the entries keep their order.
+  for k = #rec - 1, 1, -2 do
     local m = rec[k]
     local g = groups[m]
     if not g then
