@@ -1,5 +1,6 @@
 """Kami's Rust core (`engine._core`)."""
 
+from asyncio import Future
 from collections.abc import Sequence
 from typing import final
 
@@ -55,6 +56,9 @@ class Pool:
     hash tags ``{namespace:pool:SKU:N}`` (cluster slots). ``timeout_ms`` bounds connecting and
     each Redis reply (``PoolUnavailable`` after it). Issued holders are remembered for
     ``issued_ttl_ms`` so a retried ``take``/``confirm`` returns the same entries.
+
+    The I/O methods return an ``asyncio.Future``: call them from a running event loop and
+    await the result (wrap in a coroutine for ``asyncio.create_task``).
     """
 
     def __new__(
@@ -80,37 +84,37 @@ class Pool:
         """The "now" of TTLs in ms since the epoch; ``None`` (the default) uses Redis TIME."""
     @clock_ms.setter
     def clock_ms(self, value: int | None) -> None: ...
-    async def load(
+    def load(
         self, sku: str, entries: Sequence[tuple[int, bytes, int]], *, batch: int = 0
-    ) -> int:
+    ) -> Future[int]:
         """Add ``(entry_id, ciphertext, priority)`` entries of ``batch``; returns the new count."""
-    async def reserve(
+    def reserve(
         self, sku: str, holder: str, quantity: int, ttl_ms: int, *, batch: int | None = None
-    ) -> list[tuple[int, bytes]]:
+    ) -> Future[list[tuple[int, bytes]]]:
         """Hold ``quantity`` entries for ``holder`` for ``ttl_ms``; returns them."""
-    async def confirm(self, sku: str, holder: str) -> list[int]:
+    def confirm(self, sku: str, holder: str) -> Future[list[int]]:
         """Issue the entries held by ``holder`` for good; returns their ids."""
-    async def release(self, sku: str, holder: str) -> int:
+    def release(self, sku: str, holder: str) -> Future[int]:
         """Return the entries held by ``holder`` to the pool; returns how many."""
-    async def take(
+    def take(
         self, sku: str, holder: str, quantity: int, *, batch: int | None = None
-    ) -> list[tuple[int, bytes]]:
+    ) -> Future[list[tuple[int, bytes]]]:
         """Reserve and confirm in one script call (prepaid issuance)."""
-    async def take_many(
+    def take_many(
         self, requests: Sequence[tuple[str, int]], holder: str
-    ) -> dict[str, list[tuple[int, bytes]]]:
+    ) -> Future[dict[str, list[tuple[int, bytes]]]]:
         """Take several SKUs ``[(sku, quantity)]`` for one holder, all or nothing."""
-    async def stock(self, sku: str) -> tuple[int, int, int]:
+    def stock(self, sku: str) -> Future[tuple[int, int, int]]:
         """``(available, held, issued)`` counts of the pool, summed over its shards."""
-    async def expire(self, sku: str, now_ms: int | None = None) -> int:
+    def expire(self, sku: str, now_ms: int | None = None) -> Future[int]:
         """Return every hold whose TTL passed to the pool; returns how many holds."""
-    async def rebuild(
+    def rebuild(
         self, sku: str, entries: Sequence[tuple[int, bytes, int, int]], *, issued: int = 0
-    ) -> int:
+    ) -> Future[int]:
         """Replace the pool with ``(entry_id, ciphertext, priority, batch)`` entries."""
-    async def drain(self, sku: str) -> int:
+    def drain(self, sku: str) -> Future[int]:
         """Delete the pool; returns how many entries were available."""
-    async def exists(self, sku: str) -> bool:
+    def exists(self, sku: str) -> Future[bool]:
         """Whether the pool of ``sku`` is present in Redis."""
-    async def holders(self, sku: str) -> list[str]:
+    def holders(self, sku: str) -> Future[list[str]]:
         """Holders with a live hold or an issued record in the pool of ``sku``."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,8 +42,8 @@ def namespace(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-async def pool(redis_url: str, namespace: str) -> AsyncIterator[Pool]:
-    yield Pool(redis_url, namespace=namespace)
+def pool(redis_url: str, namespace: str) -> Pool:
+    return Pool(redis_url, namespace=namespace)
 
 
 @pytest.fixture

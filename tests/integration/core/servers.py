@@ -24,7 +24,7 @@ def server_binary() -> str | None:
         return None
     try:
         path = get_binary_path()
-    except Exception:  # noqa: BLE001 - any failure means "no binary here"
+    except Exception:
         return None
     return str(path) if Path(path).exists() else None
 

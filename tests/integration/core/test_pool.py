@@ -277,6 +277,7 @@ async def test_redis_killed_mid_run_then_rebuilt_issues_nothing_twice(
     # What PostgreSQL would have recorded: only takes whose result came back.
     issued: list[int] = []
     unavailable = 0
+    enough = asyncio.Event()
 
     async def buyer(n: int) -> None:
         nonlocal unavailable
@@ -287,11 +288,12 @@ async def test_redis_killed_mid_run_then_rebuilt_issues_nothing_twice(
                 unavailable += 1
                 return
             issued.extend(e[0] for e in got)
+            if len(issued) >= 50:
+                enough.set()
             await asyncio.sleep(0.002)
 
     buyers = asyncio.gather(*(buyer(n) for n in range(10)))
-    while len(issued) < 50:
-        await asyncio.sleep(0.001)
+    await enough.wait()
     private_server.kill()
     started = time.monotonic()
     await buyers
