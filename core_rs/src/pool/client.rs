@@ -31,6 +31,7 @@ const LOAD_CHUNK: usize = 4000;
 const TAKE_MANY_HOLD_MS: u64 = 60_000;
 const MAX_TAKE_MANY: usize = 64;
 const NO_CLOCK: u64 = u64::MAX;
+const MAX_BATCH: usize = 2048;
 
 /// One entry as returned to callers: (entry id, ciphertext).
 pub type Entry = (u64, Vec<u8>);
@@ -195,34 +196,60 @@ fn parse_entries(items: impl Iterator<Item = Value>) -> CoreResult<Vec<Entry>> {
         .collect()
 }
 
-/// One request's reply: `{0, entry...}` / `{0, n}` / `{1, available}` / `{2}`.
-fn parse_reply(request: &Request, reply: Value) -> CoreResult<Outcome> {
+/// Splits the ops script's flat reply (per request: status, count, `count` values) into
+/// one result per request.
+fn parse_replies(batch: &[Request], reply: Value) -> CoreResult<Vec<CoreResult<Outcome>>> {
     let mut items = as_array(reply)?.into_iter();
-    let code = items.next().as_ref().map(as_u64).transpose()?;
-    match code {
-        Some(0) => {
-            if matches!(request, Request::Release { .. }) {
-                let n = items.next().as_ref().map(as_u64).transpose()?;
-                n.map(Outcome::Released)
-                    .ok_or_else(|| integrity("release without a count"))
-            } else {
-                let entries = parse_entries(items)?;
-                // A repeated holder gets its first entries back, whatever quantity it asks
-                // now, so only the bounds are checked here.
-                if entries.is_empty() || entries.len() as u64 > keys::MAX_QUANTITY {
-                    return Err(integrity("wrong number of entries"));
-                }
-                Ok(Outcome::Entries(entries))
-            }
+    let mut out = Vec::with_capacity(batch.len());
+    for request in batch {
+        let status = items.next().as_ref().map(as_u64).transpose()?;
+        let count = items
+            .next()
+            .as_ref()
+            .map(as_u64)
+            .transpose()?
+            .ok_or_else(|| integrity("missing count"))?;
+        let count = usize::try_from(count).map_err(|_| integrity("count out of range"))?;
+        if count > items.len() {
+            return Err(integrity("count beyond the reply"));
         }
-        Some(1) => {
-            let available = items.next().as_ref().map(as_u64).transpose()?.unwrap_or(0);
-            Err(CoreError::OutOfStock {
+        let values: Vec<Value> = items.by_ref().take(count).collect();
+        out.push(parse_one(request, status, values)?);
+    }
+    if items.next().is_some() {
+        return Err(integrity("more replies than requests"));
+    }
+    Ok(out)
+}
+
+/// One request's result; the outer error is a malformed reply (fails the whole batch).
+fn parse_one(
+    request: &Request,
+    status: Option<u64>,
+    values: Vec<Value>,
+) -> CoreResult<CoreResult<Outcome>> {
+    let first = values.first().map(as_u64);
+    match status {
+        Some(0) if matches!(request, Request::Release { .. }) => match first {
+            Some(Ok(n)) if values.len() == 1 => Ok(Ok(Outcome::Released(n))),
+            _ => Err(integrity("release without a count")),
+        },
+        Some(0) => {
+            // A repeated holder gets its first entries back, whatever quantity it asks
+            // now, so only the bounds are checked here.
+            if values.is_empty() || values.len() as u64 > keys::MAX_QUANTITY {
+                return Err(integrity("wrong number of entries"));
+            }
+            Ok(Ok(Outcome::Entries(parse_entries(values.into_iter())?)))
+        }
+        Some(1) => match first {
+            Some(Ok(available)) => Ok(Err(CoreError::OutOfStock {
                 requested: request.quantity(),
                 available,
-            })
-        }
-        Some(2) => Err(CoreError::HoldNotFound),
+            })),
+            _ => Err(integrity("out of stock without a count")),
+        },
+        Some(2) => Ok(Err(CoreError::HoldNotFound)),
         _ => Err(integrity("unknown status")),
     }
 }
@@ -286,21 +313,16 @@ impl Inner {
                 .arg(ttl)
                 .arg(b.map(|b| b.to_string()).unwrap_or_default());
         }
-        let replies = as_array(self.eval(&inv).await?)?;
-        if replies.len() != batch.len() {
-            return Err(integrity("reply count differs from request count"));
-        }
-        Ok(batch
-            .iter()
-            .zip(replies)
-            .map(|(r, v)| parse_reply(r, v))
-            .collect())
+        parse_replies(batch, self.eval(&inv).await?)
     }
 
     async fn admin(&self, tag: &str, op: &str, limit: u64, now: Option<u64>) -> CoreResult<Value> {
         let mut inv = self.scripts.admin.key(tag);
         let now = now.map_or_else(|| self.now_arg(), |n| n.to_string());
-        inv.arg(op).arg(now).arg(limit);
+        inv.arg(op)
+            .arg(now)
+            .arg(limit)
+            .arg(self.config.issued_ttl_ms);
         self.eval(&inv).await
     }
 }
@@ -376,10 +398,11 @@ impl Pool {
         if config.shards == 0 || config.shards > 1024 {
             return Err(CoreError::InvalidArgument("shards must be 1..=1024".into()));
         }
-        if config.max_batch == 0 || config.max_queue == 0 {
-            return Err(CoreError::InvalidArgument(
-                "max_batch and max_queue must be positive".into(),
-            ));
+        // The ops script unpacks one argument per request of a batch onto the Lua stack.
+        if config.max_batch == 0 || config.max_batch > MAX_BATCH || config.max_queue == 0 {
+            return Err(CoreError::InvalidArgument(format!(
+                "max_batch must be 1..={MAX_BATCH} and max_queue positive"
+            )));
         }
         if config.timeout.is_zero() {
             return Err(CoreError::InvalidArgument(
@@ -771,44 +794,63 @@ mod tests {
         }
     }
 
+    fn bulk(id: u64) -> Value {
+        Value::BulkString(pack(id, b"ct").unwrap_or_default())
+    }
+
     #[test]
-    fn replies_parse_per_request() {
-        let ok = Value::Array(vec![
+    fn flat_replies_split_per_request() {
+        let release = Request::Release { holder: "h".into() };
+        let batch = [take("a", 2), take("b", 5), release, take("c", 1)];
+        let reply = Value::Array(vec![
             Value::Int(0),
-            Value::BulkString(pack(7, b"ct").unwrap_or_default()),
+            Value::Int(2),
+            bulk(7),
+            bulk(8),
+            Value::Int(1),
+            Value::Int(1),
+            Value::Int(3),
+            Value::Int(0),
+            Value::Int(1),
+            Value::Int(2),
+            Value::Int(2),
+            Value::Int(0),
         ]);
+        let out = parse_replies(&batch, reply).unwrap_or_default();
+        assert_eq!(out.len(), 4);
+        assert!(
+            matches!(&out[0], Ok(Outcome::Entries(e)) if e.iter().map(|x| x.0).collect::<Vec<_>>() == [7, 8])
+        );
         assert!(matches!(
-            parse_reply(&take("h", 1), ok),
-            Ok(Outcome::Entries(e)) if e == vec![(7, b"ct".to_vec())]
-        ));
-        let oos = Value::Array(vec![Value::Int(1), Value::Int(3)]);
-        assert!(matches!(
-            parse_reply(&take("h", 5), oos),
+            out[1],
             Err(CoreError::OutOfStock {
                 requested: 5,
                 available: 3
             })
         ));
-        let nf = Value::Array(vec![Value::Int(2)]);
-        let release = Request::Release { holder: "h".into() };
-        assert!(matches!(
-            parse_reply(&release, nf),
-            Err(CoreError::HoldNotFound)
-        ));
-        let rel = Value::Array(vec![Value::Int(0), Value::Int(2)]);
-        assert!(matches!(
-            parse_reply(&release, rel),
-            Ok(Outcome::Released(2))
-        ));
+        assert!(matches!(out[2], Ok(Outcome::Released(2))));
+        assert!(matches!(out[3], Err(CoreError::HoldNotFound)));
+    }
+
+    #[test]
+    fn malformed_replies_are_integrity_errors() {
+        let one = [take("a", 1)];
         for bad in [
             Value::Int(0),
             Value::Array(vec![]),
-            Value::Array(vec![Value::Int(9)]),
-            Value::Array(vec![Value::Int(0)]),
-            Value::Array(vec![Value::Int(0), Value::Int(1)]),
+            Value::Array(vec![Value::Int(9), Value::Int(0)]),
+            Value::Array(vec![Value::Int(0), Value::Int(0)]),
+            Value::Array(vec![Value::Int(0), Value::Int(2), bulk(1)]),
+            Value::Array(vec![Value::Int(0), Value::Int(1), Value::Int(1)]),
+            Value::Array(vec![
+                Value::Int(2),
+                Value::Int(0),
+                Value::Int(2),
+                Value::Int(0),
+            ]),
         ] {
             assert!(matches!(
-                parse_reply(&take("h", 1), bad),
+                parse_replies(&one, bad),
                 Err(CoreError::Integrity(_))
             ));
         }

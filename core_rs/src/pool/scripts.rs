@@ -40,7 +40,7 @@ mod tests {
     #[test]
     fn scripts_have_the_prelude_and_distinct_hashes() {
         let s = Scripts::new();
-        assert!(OPS.contains("local function pop") && OPS.contains("kind"));
+        assert!(OPS.contains("local function sweep") && OPS.contains("take_entries"));
         assert_ne!(s.ops.get_hash(), s.load.get_hash());
         assert_ne!(s.ops.get_hash(), s.admin.get_hash());
     }

@@ -163,10 +163,7 @@ impl PyPool {
             .into_iter()
             .map(|(id, ct, prio)| (id, ct.as_bytes().to_vec(), prio))
             .collect();
-        spawn(
-            py,
-            async move { pool.load(&sku, entries, batch).await },
-        )
+        spawn(py, async move { pool.load(&sku, entries, batch).await })
     }
 
     /// Hold ``quantity`` (1..=100) entries for ``holder`` for ``ttl_ms``; returns them as
@@ -296,10 +293,7 @@ impl PyPool {
             .into_iter()
             .map(|(id, ct, prio, b)| (id, ct.as_bytes().to_vec(), prio, b))
             .collect();
-        spawn(
-            py,
-            async move { pool.rebuild(&sku, entries, issued).await },
-        )
+        spawn(py, async move { pool.rebuild(&sku, entries, issued).await })
     }
 
     /// Delete the pool of ``sku`` (entries, holds, issued records); returns how many entries

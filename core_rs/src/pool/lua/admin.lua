@@ -1,17 +1,19 @@
--- ARGV: op ('S' stock, 'E' expire, 'H' holders, 'X' exists), now_ms, sweep limit.
--- S (after a bounded sweep) -> {available, held, issued}; E -> holds returned; H -> holder names (held, then
--- issued); X -> 1 if the shard exists.
+-- ARGV: op ('S' stock, 'E' expire, 'H' holders, 'X' exists), now_ms, sweep limit, keep_ms.
+-- S (after a bounded sweep) -> {available, held, issued}; E -> holds returned;
+-- H -> holder names (held, then issued); X -> 1 if the shard exists.
 local op = ARGV[1]
 if op == 'S' then
-  sweep(clock(ARGV[2]), tonumber(ARGV[3]))
+  sweep(clock(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
   local c = redis.call('HMGET', KC, 'a', 'h', 'i')
   return { tonumber(c[1] or '0'), tonumber(c[2] or '0'), tonumber(c[3] or '0') }
 elseif op == 'E' then
-  return sweep(clock(ARGV[2]), tonumber(ARGV[3]))
+  return sweep(clock(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 elseif op == 'H' then
   local out = redis.call('HKEYS', KH)
-  for _, h in ipairs(redis.call('HKEYS', KI)) do
-    out[#out + 1] = h
+  for _, key in ipairs({ KI0, KI1 }) do
+    for _, h in ipairs(redis.call('HKEYS', key)) do
+      out[#out + 1] = h
+    end
   end
   return out
 elseif op == 'X' then

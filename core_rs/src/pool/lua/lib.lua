@@ -8,10 +8,14 @@
 --   P:l:<bucket> LIST  packed entries (8-byte big-endian id + ciphertext), oldest first
 --   P:w          HASH  bucket -> highest entry id ever loaded (load idempotency)
 --   P:h / P:hx   HASH holder -> cmsgpack{bucket, entry, ...} / ZSET holder -> expiry ms
---   P:i / P:ix   the same for issued holders (dedup of retried take/confirm), kept `keep` ms
+--   P:i0 / P:i1  HASH issued holder -> the same record (dedup of retried take/confirm), in
+--                two generations: every `keep` ms i0 becomes i1 and the old i1 is dropped,
+--                so a record lives between `keep` and 2 x `keep` ms. (A ZSET of expiry
+--                times per issued holder cost more than the rest of a take together.)
+--   P:g          STRING start (ms) of the current generation
 local P = KEYS[1]
 local KC, KQ, KW = P .. ':c', P .. ':q', P .. ':w'
-local KH, KHX, KI, KIX = P .. ':h', P .. ':hx', P .. ':i', P .. ':ix'
+local KH, KHX, KI0, KI1, KG = P .. ':h', P .. ':hx', P .. ':i0', P .. ':i1', P .. ':g'
 
 local function split_bucket(m)
   local k = string.find(m, '|', 1, true)
@@ -65,88 +69,25 @@ local function release_holder(holder)
   return n
 end
 
--- Return up to `limit` expired holds to the pool and forget up to `limit` stale issued
--- records; returns the number of holds returned.
-local function sweep(now, limit)
+-- Return up to `limit` expired holds to the pool, and start a new generation of issued
+-- records when the current one is `keep` ms old; returns the number of holds returned.
+local function sweep(now, limit, keep)
   local ex = redis.call('ZRANGEBYSCORE', KHX, '-inf', now, 'LIMIT', 0, limit)
   for _, h in ipairs(ex) do
     release_holder(h)
   end
-  local ix = redis.call('ZRANGEBYSCORE', KIX, '-inf', now, 'LIMIT', 0, limit)
-  if #ix > 0 then
-    redis.call('HDEL', KI, unpack(ix))
-    redis.call('ZREM', KIX, unpack(ix))
+  local gen = tonumber(redis.call('GET', KG))
+  if not gen then
+    if redis.call('EXISTS', KC) == 1 then
+      redis.call('SET', KG, now)
+    end
+  elseif now - gen >= keep then
+    -- UNLINK frees a big old generation off the main thread.
+    redis.call('UNLINK', KI1)
+    if redis.call('EXISTS', KI0) == 1 then
+      redis.call('RENAME', KI0, KI1)
+    end
+    redis.call('SET', KG, now)
   end
   return #ex
-end
-
--- The live hold of `holder` (decoded record and packed string), or nil. A hold past its
--- TTL that the bounded sweep has not reached yet is returned to the pool here.
-local function live_hold(holder, now)
-  local s = redis.call('HGET', KH, holder)
-  if not s then
-    return nil
-  end
-  local exp = tonumber(redis.call('ZSCORE', KHX, holder))
-  if exp and exp <= now then
-    release_holder(holder)
-    return nil
-  end
-  return cmsgpack.unpack(s), s
-end
-
-local function issued(holder)
-  local s = redis.call('HGET', KI, holder)
-  if s then
-    return cmsgpack.unpack(s)
-  end
-  return nil
-end
-
--- Take `q` entries, lowest priority first (only from `batch` if given). Returns the record,
--- or nil and the number available. Nothing is touched unless all `q` can be taken.
-local function pop(q, batch)
-  local idx, avail
-  if batch then
-    idx = KQ .. ':' .. batch
-    avail = tonumber(redis.call('HGET', KC, 'a:' .. batch) or '0')
-  else
-    idx = KQ
-    avail = tonumber(redis.call('HGET', KC, 'a') or '0')
-  end
-  if avail < q then
-    return nil, avail
-  end
-  local rec, need = {}, q
-  while need > 0 do
-    local m = redis.call('ZRANGE', idx, 0, 0)[1]
-    if not m then
-      return error('kami: pool index empty while counter says ' .. avail .. ' available')
-    end
-    local lk = P .. ':l:' .. m
-    local got = redis.call('LPOP', lk, need)
-    local _, b = split_bucket(m)
-    if got then
-      for _, e in ipairs(got) do
-        rec[#rec + 1] = m
-        rec[#rec + 1] = e
-      end
-      need = need - #got
-      redis.call('HINCRBY', KC, 'a:' .. b, -#got)
-    end
-    if redis.call('EXISTS', lk) == 0 then
-      redis.call('ZREM', KQ, m)
-      redis.call('ZREM', KQ .. ':' .. b, m)
-    end
-  end
-  redis.call('HINCRBY', KC, 'a', -q)
-  return rec, avail
-end
-
-local function entries_reply(rec)
-  local out = { 0 }
-  for k = 2, #rec, 2 do
-    out[#out + 1] = rec[k]
-  end
-  return out
 end

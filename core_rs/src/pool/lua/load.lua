@@ -14,7 +14,7 @@ local function clear()
       redis.call('DEL', KQ .. ':' .. b)
     end
   end
-  redis.call('DEL', KQ, KW, KC, KH, KHX, KI, KIX)
+  redis.call('DEL', KQ, KW, KC, KH, KHX, KI0, KI1, KG)
 end
 
 if ARGV[1] == 'R' then
