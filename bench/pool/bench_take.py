@@ -93,8 +93,30 @@ def bench_redis_benchmark(url: str, tag: str, takes: int) -> float | None:
     # __rand_int__ makes (mostly) distinct holders; a repeated one is a dedup hit, which
     # still runs the whole script.
     cmd = [
-        binary, "-h", host, "-p", port, "-n", str(takes), "-c", str(CALLERS), "-r", "1000000000",
-        "--csv", "EVALSHA", sha, "1", tag, "", "86400000", "32", "T", "b__rand_int__", "1", "0", "",
+        binary,
+        "-h",
+        host,
+        "-p",
+        port,
+        "-n",
+        str(takes),
+        "-c",
+        str(CALLERS),
+        "-r",
+        "1000000000",
+        "--csv",
+        "EVALSHA",
+        sha,
+        "1",
+        tag,
+        "",
+        "86400000",
+        "32",
+        "T",
+        "b__rand_int__",
+        "1",
+        "0",
+        "",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     # CSV: "test","rps",...
