@@ -341,3 +341,40 @@ async def test_cluster_sharded_pool_1000_vs_600(cluster_urls: list[str]) -> None
     got = await pool.take_many([("A", 1), ("B", 2)], "bundle")
     assert len(got["A"]) == 1
     assert len(got["B"]) == 2
+
+
+async def test_issued_records_are_kept_between_one_and_two_periods(
+    redis_url: str, namespace: str
+) -> None:
+    pool = Pool(redis_url, namespace=namespace, issued_ttl_ms=1_000)
+    pool.clock_ms = T0
+    await pool.load("S", entries(range(1, 11)))
+    first = await pool.take("S", "h", 1)
+    pool.clock_ms = T0 + 1_000  # a new generation starts; the record moves to the old one
+    assert await pool.take("S", "h", 1) == first
+    assert await pool.confirm("S", "h") == [first[0][0]]
+    pool.clock_ms = T0 + 2_000  # the old generation is dropped
+    again = await pool.take("S", "h", 1)
+    assert again != first
+    assert await pool.stock("S") == (8, 0, 2)
+
+
+async def test_sharded_pool_on_one_server_finds_each_holders_shard(
+    redis_url: str, namespace: str
+) -> None:
+    pool = Pool(redis_url, namespace=namespace, shards=3)
+    assert pool.shards == 3
+    assert await pool.load("S", entries(range(1, 31))) == 30
+    assert await pool.load("S", entries(range(1, 31))) == 0
+    held = {h: await pool.reserve("S", h, 2, 60_000) for h in ("a", "b", "c", "d")}
+    assert await pool.stock("S") == (22, 8, 0)
+    assert await pool.confirm("S", "a") == [e[0] for e in held["a"]]
+    assert await pool.release("S", "b") == 2
+    assert await pool.reserve("S", "c", 2, 60_000) == held["c"]
+    assert await pool.stock("S") == (24, 4, 2)
+    assert sorted(await pool.holders("S")) == ["a", "c", "d"]
+    # Takes move on to the next shard until every shard is empty.
+    taken = await take_all(pool, "S", 30, "t")
+    assert len(taken[0]) == 24
+    assert await pool.stock("S") == (0, 4, 26)
+    assert await pool.drain("S") == 0
