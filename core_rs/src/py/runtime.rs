@@ -49,7 +49,15 @@ fn handle() -> PyResult<Handle> {
     if let Some(rt) = slot.as_ref() {
         return Ok(rt.handle().clone());
     }
+    // One I/O thread by default: a server runs one process per core already, and the
+    // thread only moves bytes (the work is in Redis); KAMI_CORE_THREADS overrides it.
+    let threads = std::env::var("KAMI_CORE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(1);
     let rt = Builder::new_multi_thread()
+        .worker_threads(threads)
         .thread_name("kami-core")
         .enable_all()
         .build()
