@@ -556,14 +556,29 @@ impl Pool {
         }
     }
 
-    /// Several SKUs for one holder, all or nothing: hold each, give every hold back if one
-    /// SKU is short, then confirm them all. Works across cluster slots; a crash between the
-    /// steps leaves holds that return by TTL, and a retry with the same holder resumes.
+    /// Several SKUs for one holder, all or nothing. On one server: one script call over
+    /// the holder's first shard of each pool (falling back to the cluster path when a
+    /// sharded pool's first shard is short). On a cluster, pools live in different slots:
+    /// hold each, give every hold back if one SKU is short, then confirm them all; a crash
+    /// between the steps leaves holds that return by TTL, and a retry with the same holder
+    /// resumes.
     pub async fn take_many(
         &self,
         requests: &[(String, u64)],
         holder: &str,
     ) -> CoreResult<Vec<(String, Vec<Entry>)>> {
+        Self::check_take_many(requests)?;
+        check_holder(holder)?;
+        if !self.inner.config.cluster {
+            match self.take_many_script(requests, holder).await {
+                Err(CoreError::OutOfStock { .. }) if self.inner.config.shards > 1 => {}
+                other => return other,
+            }
+        }
+        self.take_many_steps(requests, holder).await
+    }
+
+    fn check_take_many(requests: &[(String, u64)]) -> CoreResult<()> {
         if requests.is_empty() || requests.len() > MAX_TAKE_MANY {
             return Err(CoreError::InvalidArgument(format!(
                 "take_many takes 1..={MAX_TAKE_MANY} SKUs"
@@ -577,6 +592,74 @@ impl Pool {
                 return Err(CoreError::InvalidArgument(format!("SKU {sku} given twice")));
             }
         }
+        Ok(())
+    }
+
+    async fn take_many_script(
+        &self,
+        requests: &[(String, u64)],
+        holder: &str,
+    ) -> CoreResult<Vec<(String, Vec<Entry>)>> {
+        let ns = &self.inner.config.namespace;
+        let first = shard_order(holder, self.inner.config.shards)
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let mut inv = self.inner.scripts.take_many.prepare_invoke();
+        for (sku, _) in requests {
+            inv.key(shard_tag(ns, sku, first));
+        }
+        inv.arg(self.inner.now_arg())
+            .arg(self.inner.config.issued_ttl_ms)
+            .arg(SWEEP_PER_CALL)
+            .arg(holder);
+        for (_, quantity) in requests {
+            inv.arg(*quantity);
+        }
+        let mut items = as_array(self.inner.eval(&inv).await?)?.into_iter();
+        match items.next().as_ref().map(as_u64).transpose()? {
+            Some(0) => {
+                let mut out = Vec::with_capacity(requests.len());
+                for (sku, _) in requests {
+                    let n = items
+                        .next()
+                        .as_ref()
+                        .map(as_u64)
+                        .transpose()?
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| integrity("missing count"))?;
+                    let entries = parse_entries(items.by_ref().take(n))?;
+                    if entries.len() != n || n == 0 {
+                        return Err(integrity("wrong number of entries"));
+                    }
+                    out.push((sku.clone(), entries));
+                }
+                Ok(out)
+            }
+            Some(1) => {
+                let index = items.next().as_ref().map(as_u64).transpose()?;
+                let available = items.next().as_ref().map(as_u64).transpose()?;
+                let requested = index
+                    .and_then(|i| usize::try_from(i).ok())
+                    .and_then(|i| requests.get(i.checked_sub(1)?))
+                    .map(|(_, q)| *q);
+                match (requested, available) {
+                    (Some(requested), Some(available)) => Err(CoreError::OutOfStock {
+                        requested,
+                        available,
+                    }),
+                    _ => Err(integrity("out of stock without a pool")),
+                }
+            }
+            _ => Err(integrity("unknown status")),
+        }
+    }
+
+    async fn take_many_steps(
+        &self,
+        requests: &[(String, u64)],
+        holder: &str,
+    ) -> CoreResult<Vec<(String, Vec<Entry>)>> {
         let mut held: Vec<(String, Vec<Entry>)> = Vec::with_capacity(requests.len());
         for (sku, quantity) in requests {
             match self

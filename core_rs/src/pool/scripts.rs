@@ -8,6 +8,11 @@ use redis::Script;
 pub const OPS: &str = concat!(include_str!("lua/lib.lua"), include_str!("lua/ops.lua"));
 /// load, rebuild (clear first) and drain.
 pub const LOAD: &str = concat!(include_str!("lua/lib.lua"), include_str!("lua/load.lua"));
+/// take_many on one server: several pools, all or nothing, in one call.
+pub const TAKE_MANY: &str = concat!(
+    include_str!("lua/lib.lua"),
+    include_str!("lua/take_many.lua")
+);
 /// stock, expire, holders, exists.
 pub const ADMIN: &str = concat!(include_str!("lua/lib.lua"), include_str!("lua/admin.lua"));
 
@@ -15,6 +20,7 @@ pub struct Scripts {
     pub ops: Script,
     pub load: Script,
     pub admin: Script,
+    pub take_many: Script,
 }
 
 impl Scripts {
@@ -23,6 +29,7 @@ impl Scripts {
             ops: Script::new(OPS),
             load: Script::new(LOAD),
             admin: Script::new(ADMIN),
+            take_many: Script::new(TAKE_MANY),
         }
     }
 }

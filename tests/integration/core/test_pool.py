@@ -203,6 +203,21 @@ async def test_take_many_is_all_or_nothing(pool: Pool) -> None:
     assert await pool.stock("B") == (0, 0, 1)
     with pytest.raises(ValueError, match="twice"):
         await pool.take_many([("A", 1), ("A", 1)], "bundle-3")
+    # A holder's live hold in one pool becomes that pool's part of the bundle.
+    await pool.load("B", entries(range(101, 104)))
+    held = await pool.reserve("A", "bundle-4", 2, 60_000)
+    got = await pool.take_many([("A", 2), ("B", 1)], "bundle-4")
+    assert got["A"] == held
+    assert await pool.stock("A") == (1, 0, 4)
+    # Concurrent bundles never split a pool's last entries between them.
+    results = await asyncio.gather(
+        *(pool.take_many([("A", 1), ("B", 1)], f"race-{i}") for i in range(5)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, dict) for r in results) == 1
+    assert sum(isinstance(r, OutOfStock) for r in results) == 4
+    assert await pool.stock("A") == (0, 0, 5)
+    assert await pool.stock("B") == (1, 0, 3)
 
 
 async def test_noscript_after_flush_is_reloaded(pool: Pool, redis_url: str) -> None:

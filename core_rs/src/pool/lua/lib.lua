@@ -13,9 +13,15 @@
 --                so a record lives between `keep` and 2 x `keep` ms. (A ZSET of expiry
 --                times per issued holder cost more than the rest of a take together.)
 --   P:g          STRING start (ms) of the current generation
-local P = KEYS[1]
-local KC, KQ, KW = P .. ':c', P .. ':q', P .. ':w'
-local KH, KHX, KI0, KI1, KG = P .. ':h', P .. ':hx', P .. ':i0', P .. ':i1', P .. ':g'
+local P, KC, KQ, KW, KH, KHX, KI0, KI1, KG
+
+-- Point every helper at pool shard `p` (a script over several pools switches between them).
+local function use_pool(p)
+  P = p
+  KC, KQ, KW = P .. ':c', P .. ':q', P .. ':w'
+  KH, KHX, KI0, KI1, KG = P .. ':h', P .. ':hx', P .. ':i0', P .. ':i1', P .. ':g'
+end
+use_pool(KEYS[1])
 
 local function split_bucket(m)
   local k = string.find(m, '|', 1, true)
@@ -90,4 +96,36 @@ local function sweep(now, limit, keep)
     redis.call('SET', KG, now)
   end
   return #ex
+end
+
+-- Take `q` entries, lowest priority first, writing as it goes (for scripts that are not on
+-- the hot path; ops.lua batches the same work). Returns the record {bucket, entry, ...},
+-- or nil and the number available; nothing is touched unless all `q` can be taken.
+local function pop_now(q)
+  local avail = tonumber(redis.call('HGET', KC, 'a') or '0')
+  if avail < q then
+    return nil, avail
+  end
+  local rec, need = {}, q
+  while need > 0 do
+    local m = redis.call('ZRANGE', KQ, 0, 0)[1]
+    if not m then
+      return error('kami: pool index empty while counter says ' .. avail .. ' available')
+    end
+    local lk = P .. ':l:' .. m
+    local got = redis.call('LPOP', lk, need) or {}
+    local _, b = split_bucket(m)
+    for _, e in ipairs(got) do
+      rec[#rec + 1] = m
+      rec[#rec + 1] = e
+    end
+    need = need - #got
+    redis.call('HINCRBY', KC, 'a:' .. b, -#got)
+    if redis.call('EXISTS', lk) == 0 then
+      redis.call('ZREM', KQ, m)
+      redis.call('ZREM', KQ .. ':' .. b, m)
+    end
+  end
+  redis.call('HINCRBY', KC, 'a', -q)
+  return rec, avail
 end
