@@ -343,6 +343,9 @@ impl Executor<Request, Outcome> for Inner {
 }
 
 async fn open(config: &PoolConfig) -> CoreResult<Conn> {
+    // rediss:// needs a rustls crypto provider; without one installed rustls panics. An
+    // error means another library installed one already, which serves as well.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let t = config.timeout;
     let map = |e: RedisError| map_redis(&e);
     if config.cluster {

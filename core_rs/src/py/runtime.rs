@@ -249,16 +249,44 @@ where
     let event_loop = get_loop.bind(py).call0()?;
     let future = event_loop.call_method0("create_future")?;
     let sink = sink_for(&event_loop)?;
-    let future_ref = future.clone().unbind();
+    let mut pending = Pending {
+        sink,
+        future: Some(future.clone().unbind()),
+    };
     handle()?.spawn(async move {
         let result = fut.await;
-        let convert: Convert = Box::new(move |py| match result {
+        pending.complete(Box::new(move |py| match result {
             Ok(v) => v.into_py_any(py),
             Err(e) => Err(PyErr::from(e)),
-        });
-        sink.push(future_ref, convert);
+        }));
     });
     Ok(future)
+}
+
+/// A future still owed a result. If its task ends without one (a panic unwinding, or the
+/// runtime shutting down), `Drop` delivers an error instead of leaving the caller waiting.
+struct Pending {
+    sink: Arc<Sink>,
+    future: Option<Py<PyAny>>,
+}
+
+impl Pending {
+    fn complete(&mut self, convert: Convert) {
+        if let Some(future) = self.future.take() {
+            self.sink.push(future, convert);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.complete(Box::new(|_| {
+            Err(
+                CoreError::Integrity("the engine's I/O task stopped without a result".into())
+                    .into(),
+            )
+        }));
+    }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

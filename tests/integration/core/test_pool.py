@@ -274,6 +274,10 @@ async def test_unreachable_redis_is_pool_unavailable_quickly() -> None:
     with pytest.raises(PoolUnavailable):
         await pool.take("S", "h", 1)
     assert time.monotonic() - started < 5
+    # TLS to a server that speaks plain text fails the same way, without hanging.
+    tls = Pool("rediss://127.0.0.1:1", timeout_ms=500)
+    with pytest.raises(PoolUnavailable):
+        await tls.exists("S")
 
 
 async def test_unix_sockets(private_server: Server) -> None:
