@@ -1,7 +1,6 @@
 """Kami's Rust core (`engine._core`)."""
 
 __all__ = [
-    "__version__",
     "CryptoError",
     "EngineError",
     "HoldNotFound",
@@ -9,6 +8,7 @@ __all__ = [
     "OutOfStock",
     "Overloaded",
     "PoolUnavailable",
+    "__version__",
 ]
 
 __version__: str
