@@ -12,9 +12,11 @@ from fastapi import FastAPI
 
 from api import problems
 from api.middleware import RequestContextMiddleware
-from api.routers import ops
+from api.routers import catalog, distribution, ledger, ops
 from engine import __version__
 from engine.logging import configure as configure_logging
+from engine.crypto.keyring import load_keyring
+from engine.principals import PrincipalCache
 from engine.runtime import Runtime
 from engine.settings import Settings
 
@@ -36,6 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.open(settings)
         app.state.runtime = runtime
+        app.state.principals = PrincipalCache()
+        async with runtime.db.acquire() as conn:
+            app.state.keyring = await load_keyring(conn, runtime.master_key)
         log.info("worker_started", pid=os.getpid(), version=__version__)
         try:
             yield
@@ -51,5 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     problems.install(app)
     app.include_router(ops.router)
+    app.include_router(catalog.router)
+    app.include_router(distribution.router)
+    app.include_router(ledger.router)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -38,6 +38,21 @@ STATUS_BY_CODE: dict[str, int] = {
     "malformed_request": 400,
     "payload_too_large": 413,
     "internal_error": 500,
+    # engine.idempotency
+    "idempotency_in_progress": 409,
+    # engine.catalog
+    "sku_exists": 409,
+    "product_not_found": 404,
+    "product_not_visible": 403,
+    # engine.inventory
+    "invalid_file": 422,
+    # engine.distribution
+    "level_not_found": 404,
+    "agent_not_found": 404,
+    "unknown_sku": 422,
+    # engine.ledger
+    "insufficient_balance": 402,
+    "invalid_amount": 422,
 }
 
 
@@ -62,18 +77,22 @@ def problem(
     )
 
 
-async def _domain_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, DomainError)
+def problem_for(exc: DomainError) -> Response:
+    """The problem document for a domain error (also what idempotent replays store)."""
     code = str(exc.code)
     status = STATUS_BY_CODE.get(code)
     if status is None:
         log.error("unmapped_error_code", code=code)
         status = 500
-    headers: dict[str, str] | None = None
-    retry_after = exc.extra.pop("retry_after", None)
-    if retry_after is not None:
-        headers = {"Retry-After": str(retry_after)}
-    return problem(status, code, exc.detail, headers=headers, **exc.extra)
+    extra = dict(exc.extra)
+    retry_after = extra.pop("retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return problem(status, code, exc.detail, headers=headers, **extra)
+
+
+async def _domain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return problem_for(exc)
 
 
 def _jsonable(value: Any) -> Any:

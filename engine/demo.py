@@ -48,12 +48,13 @@ async def seed_demo_if_absent(conn: asyncpg.Connection, master_key: bytes) -> st
         batch = await add_codes(
             conn, keyring, product, sorted(codes), name="demo", source="demo", unit_cost=1000
         )
-        level_id = await create_level(
+        level = await create_level(
             conn, name="Demo level", rank=1, prices={DEMO_SKU: DEMO_AGENT_PRICE}, visible_skus=None
         )
-        agent_id = await create_agent(conn, name=DEMO_AGENT_NAME, level_id=level_id)
+        agent = await create_agent(conn, name=DEMO_AGENT_NAME, level_id=level.id)
+        agent_id = agent.id
         await deposit(conn, agent_id, DEMO_DEPOSIT, reference="demo")
-        _, key = await create_api_key(conn, agent_id, ApiKeyMode.LIVE)
+        _, key, _ = await create_api_key(conn, agent_id, ApiKeyMode.LIVE)
         await conn.execute(
             "INSERT INTO audit_log (actor, action, subject) VALUES ('system', 'demo.seeded', $1)",
             f"product:{DEMO_SKU}",
@@ -72,7 +73,7 @@ async def new_demo_api_key(database_url: str) -> str:
             )
             if agent_id is None:
                 raise RuntimeError("the demo has not been seeded")
-            _, key = await create_api_key(conn, agent_id, ApiKeyMode.LIVE)
+            _, key, _ = await create_api_key(conn, agent_id, ApiKeyMode.LIVE)
     finally:
         await conn.close()
     return key

@@ -9,7 +9,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from engine.settings import Settings
+from engine.settings import Settings, decode_master_key
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +25,12 @@ class Runtime:
     settings: Settings
     db: asyncpg.Pool
     redis: aioredis.Redis
+
+    @property
+    def master_key(self) -> bytes:
+        if self.settings.master_key is None:
+            raise StoreUnreachable("KAMI_MASTER_KEY is not set")
+        return decode_master_key(self.settings.master_key.get_secret_value())
 
     @classmethod
     async def open(cls, settings: Settings, *, db_pool_size: int = 10) -> Runtime:

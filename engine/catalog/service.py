@@ -80,3 +80,24 @@ async def get_product(conn: asyncpg.Connection, sku: str) -> Product:
     if row is None:
         raise DomainError(CatalogError.PRODUCT_NOT_FOUND, f"No product with SKU {sku}.")
     return _product(row)
+
+
+@dataclass(frozen=True)
+class StockCounts:
+    available: int
+    held: int
+    issued: int
+
+
+async def stock_counts(conn: asyncpg.Connection | asyncpg.Pool, product_id: int) -> StockCounts:
+    """Counts by state from PostgreSQL, the source of truth (revoked keys are not stock)."""
+    rows = await conn.fetch(
+        "SELECT state, count(*) AS n FROM card_keys WHERE product_id = $1 GROUP BY state",
+        product_id,
+    )
+    counts = {row["state"]: row["n"] for row in rows}
+    return StockCounts(
+        available=counts.get("available", 0),
+        held=counts.get("held", 0),
+        issued=counts.get("issued", 0),
+    )
