@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
@@ -76,9 +77,13 @@ impl DataKey {
 }
 
 /// The master key and the data keys it unwrapped. Holds no plaintext beyond one call.
+///
+/// Cheap to clone (data keys are shared), so a binding can swap in an updated copy
+/// instead of locking readers out during rotation.
+#[derive(Clone)]
 pub struct Keyring {
     master: Aes256Gcm,
-    keys: HashMap<u32, DataKey>,
+    keys: HashMap<u32, Arc<DataKey>>,
     active: Option<u32>,
 }
 
@@ -245,7 +250,7 @@ impl Keyring {
             .encrypt_inout_detached(&nonce, &wrap_aad(key_id), sealed_key.into())
             .map_err(|_| CoreError::Crypto("cannot wrap the data key".into()))?;
         tag_out.copy_from_slice(&tag);
-        self.keys.insert(key_id, DataKey::new(raw));
+        self.keys.insert(key_id, Arc::new(DataKey::new(raw)));
         Ok(wrapped)
     }
 
@@ -277,7 +282,7 @@ impl Keyring {
                 )))
             };
         }
-        self.keys.insert(key_id, DataKey::new(raw));
+        self.keys.insert(key_id, Arc::new(DataKey::new(raw)));
         Ok(())
     }
 
@@ -300,12 +305,14 @@ impl Keyring {
             .keys
             .get(&id)
             .ok_or_else(|| CoreError::Crypto("no active data key".into()))?;
+        let key: &DataKey = key;
         Ok((id, key))
     }
 
     fn key(&self, key_id: u32) -> CoreResult<&DataKey> {
         self.keys
             .get(&key_id)
+            .map(Arc::as_ref)
             .ok_or_else(|| CoreError::Crypto(format!("data key {key_id} is not loaded")))
     }
 
