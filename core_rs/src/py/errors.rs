@@ -6,13 +6,48 @@ use pyo3::prelude::*;
 
 use crate::CoreError;
 
-create_exception!(engine._core, EngineError, PyException, "Base class of every error raised by engine._core.");
-create_exception!(engine._core, OutOfStock, EngineError, "Fewer entries are available than requested; nothing was held.");
-create_exception!(engine._core, HoldNotFound, EngineError, "The holder holds nothing (expired, released or never held).");
-create_exception!(engine._core, Overloaded, EngineError, "The pool's coalescing queue is full; back off and retry.");
-create_exception!(engine._core, PoolUnavailable, EngineError, "Redis could not be reached; retryable.");
-create_exception!(engine._core, IntegrityError, EngineError, "Pool data is inconsistent; never retried blindly.");
-create_exception!(engine._core, CryptoError, EngineError, "Encryption or decryption failed (wrong key, tampered or moved ciphertext).");
+create_exception!(
+    engine._core,
+    EngineError,
+    PyException,
+    "Base class of every error raised by engine._core."
+);
+create_exception!(
+    engine._core,
+    OutOfStock,
+    EngineError,
+    "Fewer entries are available than requested; nothing was held."
+);
+create_exception!(
+    engine._core,
+    HoldNotFound,
+    EngineError,
+    "The holder holds nothing (expired, released or never held)."
+);
+create_exception!(
+    engine._core,
+    Overloaded,
+    EngineError,
+    "The pool's coalescing queue is full; back off and retry."
+);
+create_exception!(
+    engine._core,
+    PoolUnavailable,
+    EngineError,
+    "Redis could not be reached; retryable."
+);
+create_exception!(
+    engine._core,
+    IntegrityError,
+    EngineError,
+    "Pool data is inconsistent; never retried blindly."
+);
+create_exception!(
+    engine._core,
+    CryptoError,
+    EngineError,
+    "Encryption or decryption failed (wrong key, tampered or moved ciphertext)."
+);
 
 impl From<CoreError> for PyErr {
     fn from(err: CoreError) -> Self {
