@@ -14,8 +14,8 @@ from api import problems
 from api.middleware import RequestContextMiddleware
 from api.routers import catalog, distribution, ledger, ops
 from engine import __version__
-from engine.logging import configure as configure_logging
 from engine.crypto.keyring import load_keyring
+from engine.logging import configure as configure_logging
 from engine.principals import PrincipalCache
 from engine.runtime import Runtime
 from engine.settings import Settings

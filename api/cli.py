@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from engine import __version__
+from engine.logging import configure as configure_logging
 from engine.settings import Settings
 
 app = typer.Typer(
@@ -36,13 +37,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def load_settings(**overrides: Any) -> Settings:
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"])
         name = f"KAMI_{field.upper()}" if field else "settings"
         reason = first["msg"].removeprefix("Value error, ")
         fail(f"invalid setting {name}: {reason}", code=2)
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
 
 
 @contextlib.contextmanager

@@ -51,7 +51,9 @@ class ProductPublic(BaseModel):
 
 
 class BatchCreate(RequestModel):
-    codes: Annotated[list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=200_000)]
+    codes: Annotated[
+        list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=200_000)
+    ]
     name: Annotated[str, StringConstraints(max_length=200)] = ""
     expires_at: datetime | None = None
     unit_cost: Money = 0

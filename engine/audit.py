@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
 import orjson
 import structlog
 
+from engine.storage.db import Connection
+
 
 async def record(
-    conn: asyncpg.Connection,
+    conn: Connection,
     actor: str,
     action: str,
     subject: str | None = None,

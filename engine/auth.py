@@ -12,7 +12,7 @@ import json
 import secrets
 from enum import StrEnum
 
-import asyncpg
+from engine.storage.db import Connection
 
 OPERATOR_TOKEN_PREFIX = "kami_admin_"  # noqa: S105 - a prefix, not a secret
 
@@ -40,7 +40,7 @@ def new_api_key(mode: ApiKeyMode) -> str:
     return f"kami_{mode.value}_{secrets.token_urlsafe(32)}"
 
 
-async def ensure_owner_token(conn: asyncpg.Connection, configured: str | None) -> str | None:
+async def ensure_owner_token(conn: Connection, configured: str | None) -> str | None:
     """Create the owner's token on first start.
 
     The configured `KAMI_ADMIN_TOKEN` becomes the owner's token; without one, a token is

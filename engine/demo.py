@@ -14,6 +14,7 @@ from engine.crypto.keyring import load_keyring
 from engine.distribution.service import create_agent, create_api_key, create_level
 from engine.inventory.service import add_codes
 from engine.ledger.service import deposit
+from engine.storage.db import Connection
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +33,7 @@ def _demo_code() -> str:
     return "-".join("".join(secrets.choice(alphabet) for _ in range(4)) for _ in range(4))
 
 
-async def seed_demo_if_absent(conn: asyncpg.Connection, master_key: bytes) -> str | None:
+async def seed_demo_if_absent(conn: Connection, master_key: bytes) -> str | None:
     """Seed the demo once; return the demo agent's API key when this call created it."""
     keyring = await load_keyring(conn, master_key)
     async with conn.transaction():

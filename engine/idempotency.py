@@ -17,6 +17,7 @@ from enum import StrEnum
 import asyncpg
 
 from engine.errors import CommonError, DomainError
+from engine.storage.db import Executor
 
 RETENTION = timedelta(hours=24)
 WAIT_FOR_FIRST_S = 15.0
@@ -76,9 +77,7 @@ async def claim(
         await asyncio.sleep(_POLL_S)
 
 
-async def complete(
-    conn: asyncpg.Connection | asyncpg.Pool, owner: str, key: str, status: int, body: bytes
-) -> None:
+async def complete(conn: Executor, owner: str, key: str, status: int, body: bytes) -> None:
     await conn.execute(
         "UPDATE idempotency_records SET status = $3, response = $4, completed_at = now() "
         "WHERE owner = $1 AND key = $2",

@@ -166,32 +166,38 @@ async def _from_json(
 async def _from_form(
     request: Request,
 ) -> tuple[dict[str, Any], list[str], list[tuple[int, str]]]:
-    form = await request.form(max_files=1, max_fields=10)
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise DomainError(CommonError.INVALID_REQUEST, "The form needs a `file` field.")
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    # The context closes the spooled upload however this ends.
+    async with request.form(max_files=1, max_fields=10) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise DomainError(CommonError.INVALID_REQUEST, "The form needs a `file` field.")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        meta = _form_meta(fields)
+        column = fields.get("column")
+        codes, rejected = await read_codes_file(
+            upload,
+            declared_format=fields.get("format"),
+            column=int(column) if column and column.isdigit() else None,
+        )
+    payload = {"name": meta.name, "unit_cost": meta.unit_cost, "expires_at": meta.expires_at}
+    return payload, codes, rejected
+
+
+def _form_meta(fields: dict[str, str]) -> BatchCreate:
+    unit_cost = fields.get("unit_cost") or "0"
+    if not unit_cost.isdigit():
+        raise DomainError(CommonError.INVALID_REQUEST, "unit_cost must be a whole number.")
     try:
-        meta = BatchCreate.model_validate(
+        return BatchCreate.model_validate(
             {
                 "codes": [],
                 "name": fields.get("name", ""),
                 "expires_at": fields.get("expires_at") or None,
-                "unit_cost": int(fields.get("unit_cost") or 0),
+                "unit_cost": int(unit_cost),
             }
         )
-    except ValueError as exc:
-        if isinstance(exc, ValidationError):
-            _invalid(exc)
-        raise DomainError(CommonError.INVALID_REQUEST, "unit_cost must be an integer.") from None
-    column = fields.get("column")
-    codes, rejected = await read_codes_file(
-        upload,
-        declared_format=fields.get("format"),
-        column=int(column) if column and column.isdigit() else None,
-    )
-    payload = {"name": meta.name, "unit_cost": meta.unit_cost, "expires_at": meta.expires_at}
-    return payload, codes, rejected
+    except ValidationError as exc:
+        _invalid(exc)
 
 
 def _invalid(exc: ValidationError) -> NoReturn:
@@ -199,6 +205,7 @@ def _invalid(exc: ValidationError) -> NoReturn:
     raise DomainError(
         CommonError.INVALID_REQUEST,
         f"The request has invalid fields: {', '.join(fields[:10])}.",
-        errors=[{"field": f, "message": e["msg"]} for f, e in zip(fields, exc.errors(), strict=True)][:50],
+        errors=[
+            {"field": f, "message": e["msg"]} for f, e in zip(fields, exc.errors(), strict=True)
+        ][:50],
     )
-

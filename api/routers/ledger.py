@@ -15,4 +15,6 @@ router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
 async def read_trial_balance(runtime: RuntimeDep, _operator: OperatorDep) -> TrialBalancePublic:
     async with runtime.db.acquire() as conn:
         totals = await trial_balance(conn)
-    return TrialBalancePublic(debits=totals.debits, credits=totals.credits, balanced=totals.balanced)
+    return TrialBalancePublic(
+        debits=totals.debits, credits=totals.credits, balanced=totals.balanced
+    )

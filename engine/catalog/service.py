@@ -9,6 +9,7 @@ from enum import StrEnum
 import asyncpg
 
 from engine.errors import DomainError
+from engine.storage.db import Connection, Executor
 
 
 class CatalogError(StrEnum):
@@ -51,7 +52,7 @@ def _product(row: asyncpg.Record) -> Product:
 
 
 async def create_product(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     sku: str,
     name: str,
@@ -75,7 +76,7 @@ async def create_product(
     return _product(row)
 
 
-async def get_product(conn: asyncpg.Connection, sku: str) -> Product:
+async def get_product(conn: Connection, sku: str) -> Product:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM products WHERE sku = $1", sku)  # noqa: S608
     if row is None:
         raise DomainError(CatalogError.PRODUCT_NOT_FOUND, f"No product with SKU {sku}.")
@@ -89,7 +90,7 @@ class StockCounts:
     issued: int
 
 
-async def stock_counts(conn: asyncpg.Connection | asyncpg.Pool, product_id: int) -> StockCounts:
+async def stock_counts(conn: Executor, product_id: int) -> StockCounts:
     """Counts by state from PostgreSQL, the source of truth (revoked keys are not stock)."""
     rows = await conn.fetch(
         "SELECT state, count(*) AS n FROM card_keys WHERE product_id = $1 GROUP BY state",

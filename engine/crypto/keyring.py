@@ -11,9 +11,8 @@ import base64
 import secrets
 from dataclasses import dataclass
 
-import asyncpg
-
 from engine._core import Cipher
+from engine.storage.db import Connection
 
 FINGERPRINT_SECRET = "fingerprint_key"  # noqa: S105 - a row name, not a secret
 # AAD for sealed secrets: a name no SKU can have (SKUs start with an alphanumeric).
@@ -30,7 +29,7 @@ class Keyring:
         return f"Keyring(active_key_id={self.cipher.active_key_id})"
 
 
-async def load_keyring(conn: asyncpg.Connection, master_key: bytes) -> Keyring:
+async def load_keyring(conn: Connection, master_key: bytes) -> Keyring:
     cipher = Cipher(master_key)
     async with conn.transaction():
         # One process creates the first data key; the others wait and load it.

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-import asyncpg
-
 from engine.auth import ApiKeyMode, hash_secret, new_api_key
 from engine.errors import DomainError
 from engine.ledger.service import AccountKind, agent_account_code, ensure_account
+from engine.storage.db import Connection, Executor
 
 
 class DistributionError(StrEnum):
@@ -43,7 +42,7 @@ class Agent:
     created_at: datetime
 
 
-async def _require_skus(conn: asyncpg.Connection, skus: Sequence[str]) -> dict[str, int]:
+async def _require_skus(conn: Connection, skus: Sequence[str]) -> dict[str, int]:
     rows = await conn.fetch("SELECT sku, id FROM products WHERE sku = ANY($1::text[])", list(skus))
     found = {row["sku"]: row["id"] for row in rows}
     missing = sorted(set(skus) - found.keys())
@@ -57,7 +56,7 @@ async def _require_skus(conn: asyncpg.Connection, skus: Sequence[str]) -> dict[s
 
 
 async def create_level(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     name: str,
     rank: int,
@@ -87,7 +86,7 @@ async def create_level(
     )
 
 
-async def get_level(conn: asyncpg.Connection | asyncpg.Pool, level_id: int) -> Level:
+async def get_level(conn: Executor, level_id: int) -> Level:
     row = await conn.fetchrow(
         "SELECT id, name, rank, visible_skus, created_at FROM agent_levels WHERE id = $1",
         level_id,
@@ -110,7 +109,7 @@ async def get_level(conn: asyncpg.Connection | asyncpg.Pool, level_id: int) -> L
 
 
 async def create_agent(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     name: str,
     level_id: int,
@@ -142,7 +141,7 @@ async def create_agent(
     return await get_agent(conn, agent_id)
 
 
-async def get_agent(conn: asyncpg.Connection | asyncpg.Pool, agent_id: int) -> Agent:
+async def get_agent(conn: Executor, agent_id: int) -> Agent:
     row = await conn.fetchrow(
         "SELECT a.id, a.name, a.level_id, a.parent_id, a.credit_limit, a.status, a.created_at, "
         "coalesce(-acc.balance, 0) AS balance, coalesce(acc.currency, 'CNY') AS currency "
@@ -156,7 +155,7 @@ async def get_agent(conn: asyncpg.Connection | asyncpg.Pool, agent_id: int) -> A
 
 
 async def create_api_key(
-    conn: asyncpg.Connection, agent_id: int, mode: ApiKeyMode = ApiKeyMode.LIVE
+    conn: Connection, agent_id: int, mode: ApiKeyMode = ApiKeyMode.LIVE
 ) -> tuple[int, str, str]:
     """Create a key; returns (id, key, prefix). The key is shown once: only its hash is kept."""
     if not await conn.fetchval("SELECT 1 FROM agents WHERE id = $1", agent_id):

@@ -48,9 +48,7 @@ def _format_for(filename: str | None, declared: str | None, head: bytes) -> str:
     return "csv" if suffix == "csv" else "txt"
 
 
-def _collect(
-    result: ParseResult, codes: list[str], rejected: list[tuple[int, str]]
-) -> None:
+def _collect(result: ParseResult, codes: list[str], rejected: list[tuple[int, str]]) -> None:
     codes.extend(result.codes)
     rejected.extend(result.rejected)
 

@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
-
 from engine._core import fingerprint_many, normalize_code
 from engine.catalog.service import Product
 from engine.crypto.keyring import Keyring
+from engine.storage.db import Connection
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class BatchResult:
 
 
 async def add_codes(
-    conn: asyncpg.Connection,
+    conn: Connection,
     keyring: Keyring,
     product: Product,
     codes: Sequence[str],

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-import asyncpg
-
 from engine.errors import DomainError
+from engine.storage.db import Connection
 
 
 class LedgerError(StrEnum):
@@ -52,7 +51,7 @@ def bank_account_code(currency: str) -> str:
 
 
 async def ensure_account(
-    conn: asyncpg.Connection,
+    conn: Connection,
     code: str,
     kind: AccountKind,
     *,
@@ -74,7 +73,7 @@ async def ensure_account(
 
 
 async def post(
-    conn: asyncpg.Connection,
+    conn: Connection,
     kind: str,
     lines: Sequence[tuple[int, int]],
     *,
@@ -102,7 +101,7 @@ async def post(
 
 
 async def deposit(
-    conn: asyncpg.Connection,
+    conn: Connection,
     agent_id: int,
     amount: int,
     *,
@@ -127,7 +126,7 @@ async def deposit(
     return entry, balance
 
 
-async def trial_balance(conn: asyncpg.Connection) -> TrialBalance:
+async def trial_balance(conn: Connection) -> TrialBalance:
     row = await conn.fetchrow(
         "SELECT coalesce(sum(amount) FILTER (WHERE amount > 0), 0) AS debits, "
         "coalesce(-sum(amount) FILTER (WHERE amount < 0), 0) AS credits FROM journal_lines"
