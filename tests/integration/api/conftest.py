@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import secrets
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
