@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod error;
 pub mod normalize;
 pub mod parse;
+pub mod pool;
 
 #[cfg(feature = "python")]
 mod py;

@@ -4,6 +4,8 @@
 mod crypto;
 mod errors;
 mod parse;
+mod pool;
+mod runtime;
 
 use pyo3::prelude::*;
 
@@ -14,5 +16,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     crypto::register(m)?;
     parse::register(m)?;
+    runtime::register(m)?;
+    pool::register(m)?;
     Ok(())
 }

@@ -1,0 +1,861 @@
+//! The async pool client: one Redis deployment (single server or cluster), lazily
+//! connected, with per-shard coalescing of reserve / confirm / release / take.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{ErrorKind, IntoConnectionInfo, RedisError, ScriptInvocation, ServerErrorKind, Value};
+use tokio::sync::OnceCell;
+
+use super::coalescer::{BoxFuture, Coalescer, Executor, replicate};
+use super::keys::{
+    self, bucket, check_holder, check_name, check_quantity, entry_shard, pack, shard_order,
+    shard_tag, unpack,
+};
+use super::scripts::Scripts;
+use crate::error::{CoreError, CoreResult};
+
+/// Expired holds (and stale issued records) returned per script call, before its own work:
+/// enough to outpace expiry under load, small enough to keep every call's work bounded.
+const SWEEP_PER_CALL: u64 = 32;
+/// Holds returned per `expire` script call; `expire` loops until a call returns fewer.
+const SWEEP_PER_EXPIRE: u64 = 1000;
+/// Entries per load/rebuild script call: about 0.5 MB of arguments, a few ms of Redis time.
+const LOAD_CHUNK: usize = 4000;
+/// TTL of the holds `take_many` places before confirming them all.
+const TAKE_MANY_HOLD_MS: u64 = 60_000;
+const MAX_TAKE_MANY: usize = 64;
+const NO_CLOCK: u64 = u64::MAX;
+
+/// One entry as returned to callers: (entry id, ciphertext).
+pub type Entry = (u64, Vec<u8>);
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// One URL (`redis://`, `rediss://`, `unix://`, `redis+unix://`), or cluster seeds.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub namespace: String,
+    pub shards: u32,
+    pub max_batch: usize,
+    pub max_queue: usize,
+    /// Connect and response timeout of each Redis call.
+    pub timeout: Duration,
+    /// How long an issued holder's entries are kept to answer retried take/confirm.
+    pub issued_ttl_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            namespace: "kami".into(),
+            shards: 1,
+            max_batch: 256,
+            max_queue: 65_536,
+            timeout: Duration::from_secs(2),
+            issued_ttl_ms: 86_400_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stock {
+    pub available: u64,
+    pub held: u64,
+    pub issued: u64,
+}
+
+/// A request served by the coalesced ops script.
+#[derive(Debug)]
+pub enum Request {
+    Reserve {
+        holder: String,
+        quantity: u64,
+        ttl_ms: u64,
+        batch: Option<u64>,
+    },
+    Confirm {
+        holder: String,
+    },
+    Release {
+        holder: String,
+    },
+    Take {
+        holder: String,
+        quantity: u64,
+        batch: Option<u64>,
+    },
+}
+
+impl Request {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Reserve { .. } => "R",
+            Self::Confirm { .. } => "C",
+            Self::Release { .. } => "X",
+            Self::Take { .. } => "T",
+        }
+    }
+
+    fn holder(&self) -> &str {
+        match self {
+            Self::Reserve { holder, .. }
+            | Self::Confirm { holder }
+            | Self::Release { holder }
+            | Self::Take { holder, .. } => holder,
+        }
+    }
+
+    fn quantity(&self) -> u64 {
+        match self {
+            Self::Reserve { quantity, .. } | Self::Take { quantity, .. } => *quantity,
+            Self::Confirm { .. } | Self::Release { .. } => 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Entries(Vec<Entry>),
+    Released(u64),
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+struct Inner {
+    config: PoolConfig,
+    conn: OnceCell<Conn>,
+    lanes: Coalescer<Request, Outcome>,
+    scripts: Scripts,
+    clock_ms: AtomicU64,
+}
+
+/// A handle on the pools of one Redis deployment. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+fn map_redis(err: &RedisError) -> CoreError {
+    match err.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::ResponseError
+            | ServerErrorKind::ExecAbort
+            | ServerErrorKind::CrossSlot
+            | ServerErrorKind::NoScript,
+        )
+        | ErrorKind::Parse
+        | ErrorKind::UnexpectedReturnType => {
+            CoreError::Integrity(format!("pool script failed: {err}"))
+        }
+        ErrorKind::InvalidClientConfig => {
+            CoreError::InvalidArgument(format!("bad Redis configuration: {err}"))
+        }
+        // Connection loss, timeouts, LOADING, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, READONLY,
+        // BUSY, OOM...: the deployment is (perhaps briefly) unable to serve; retryable.
+        _ => CoreError::PoolUnavailable(err.to_string()),
+    }
+}
+
+fn integrity(what: &str) -> CoreError {
+    CoreError::Integrity(format!("unexpected script reply: {what}"))
+}
+
+fn as_u64(v: &Value) -> CoreResult<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| integrity("negative count")),
+        _ => Err(integrity("expected an integer")),
+    }
+}
+
+fn as_array(v: Value) -> CoreResult<Vec<Value>> {
+    match v {
+        Value::Array(items) => Ok(items),
+        _ => Err(integrity("expected an array")),
+    }
+}
+
+fn parse_entries(items: impl Iterator<Item = Value>) -> CoreResult<Vec<Entry>> {
+    items
+        .map(|v| match v {
+            Value::BulkString(b) => unpack(b),
+            _ => Err(integrity("expected a packed entry")),
+        })
+        .collect()
+}
+
+/// One request's reply: `{0, entry...}` / `{0, n}` / `{1, available}` / `{2}`.
+fn parse_reply(request: &Request, reply: Value) -> CoreResult<Outcome> {
+    let mut items = as_array(reply)?.into_iter();
+    let code = items.next().as_ref().map(as_u64).transpose()?;
+    match code {
+        Some(0) => {
+            if matches!(request, Request::Release { .. }) {
+                let n = items.next().as_ref().map(as_u64).transpose()?;
+                n.map(Outcome::Released)
+                    .ok_or_else(|| integrity("release without a count"))
+            } else {
+                let entries = parse_entries(items)?;
+                // A repeated holder gets its first entries back, whatever quantity it asks
+                // now, so only the bounds are checked here.
+                if entries.is_empty() || entries.len() as u64 > keys::MAX_QUANTITY {
+                    return Err(integrity("wrong number of entries"));
+                }
+                Ok(Outcome::Entries(entries))
+            }
+        }
+        Some(1) => {
+            let available = items.next().as_ref().map(as_u64).transpose()?.unwrap_or(0);
+            Err(CoreError::OutOfStock {
+                requested: request.quantity(),
+                available,
+            })
+        }
+        Some(2) => Err(CoreError::HoldNotFound),
+        _ => Err(integrity("unknown status")),
+    }
+}
+
+impl Inner {
+    fn now_arg(&self) -> String {
+        match self.clock_ms.load(Ordering::Relaxed) {
+            NO_CLOCK => String::new(),
+            ms => ms.to_string(),
+        }
+    }
+
+    async fn connect(&self) -> CoreResult<Conn> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                let open = open(&self.config);
+                match tokio::time::timeout(self.config.timeout * 3, open).await {
+                    Ok(conn) => conn,
+                    Err(_) => Err(CoreError::PoolUnavailable(
+                        "timed out connecting to Redis".into(),
+                    )),
+                }
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    async fn eval(&self, inv: &ScriptInvocation<'_>) -> CoreResult<Value> {
+        let conn = self.connect().await?;
+        let call = async move {
+            match conn {
+                Conn::Single(mut c) => inv.invoke_async::<Value>(&mut c).await,
+                Conn::Cluster(mut c) => inv.invoke_async::<Value>(&mut c).await,
+            }
+        };
+        // The connection's own timeouts should fire first; this guards reconnect loops.
+        match tokio::time::timeout(self.config.timeout * 3, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_redis(&e)),
+            Err(_) => Err(CoreError::PoolUnavailable(
+                "timed out waiting for Redis".into(),
+            )),
+        }
+    }
+
+    async fn run_ops(&self, lane: &str, batch: &[Request]) -> CoreResult<Vec<CoreResult<Outcome>>> {
+        let mut inv = self.scripts.ops.key(lane);
+        inv.arg(self.now_arg())
+            .arg(self.config.issued_ttl_ms)
+            .arg(SWEEP_PER_CALL);
+        for r in batch {
+            let (ttl, b) = match r {
+                Request::Reserve { ttl_ms, batch, .. } => (*ttl_ms, *batch),
+                Request::Take { batch, .. } => (0, *batch),
+                Request::Confirm { .. } | Request::Release { .. } => (0, None),
+            };
+            inv.arg(r.kind())
+                .arg(r.holder())
+                .arg(r.quantity())
+                .arg(ttl)
+                .arg(b.map(|b| b.to_string()).unwrap_or_default());
+        }
+        let replies = as_array(self.eval(&inv).await?)?;
+        if replies.len() != batch.len() {
+            return Err(integrity("reply count differs from request count"));
+        }
+        Ok(batch
+            .iter()
+            .zip(replies)
+            .map(|(r, v)| parse_reply(r, v))
+            .collect())
+    }
+
+    async fn admin(&self, tag: &str, op: &str, limit: u64, now: Option<u64>) -> CoreResult<Value> {
+        let mut inv = self.scripts.admin.key(tag);
+        let now = now.map_or_else(|| self.now_arg(), |n| n.to_string());
+        inv.arg(op).arg(now).arg(limit);
+        self.eval(&inv).await
+    }
+}
+
+impl Executor<Request, Outcome> for Inner {
+    fn execute(
+        self: Arc<Self>,
+        lane: String,
+        batch: Vec<Request>,
+    ) -> BoxFuture<Vec<CoreResult<Outcome>>> {
+        Box::pin(async move {
+            match self.run_ops(&lane, &batch).await {
+                Ok(results) => results,
+                Err(e) => batch.iter().map(|_| Err(replicate(&e))).collect(),
+            }
+        })
+    }
+}
+
+async fn open(config: &PoolConfig) -> CoreResult<Conn> {
+    let t = config.timeout;
+    let map = |e: RedisError| map_redis(&e);
+    if config.cluster {
+        let client = ClusterClientBuilder::new(config.urls.clone())
+            .connection_timeout(t)
+            .response_timeout(t)
+            .retries(2)
+            .build()
+            .map_err(map)?;
+        Ok(Conn::Cluster(
+            client.get_async_connection().await.map_err(map)?,
+        ))
+    } else {
+        let url = config
+            .urls
+            .first()
+            .ok_or_else(|| CoreError::InvalidArgument("no Redis URL given".into()))?;
+        let client = redis::Client::open(url.as_str()).map_err(map)?;
+        let settings = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(t))
+            .set_response_timeout(Some(t))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        Ok(Conn::Single(
+            ConnectionManager::new_with_config(client, settings)
+                .await
+                .map_err(map)?,
+        ))
+    }
+}
+
+/// Entries grouped for load: shard -> bucket -> (id, packed entry), sorted by id.
+type Grouped = BTreeMap<u32, BTreeMap<String, Vec<(u64, Vec<u8>)>>>;
+
+impl Pool {
+    /// Validates the configuration; connects nothing (the first call does, so a server can
+    /// create pools before it forks its workers).
+    pub fn new(config: PoolConfig) -> CoreResult<Self> {
+        check_name("namespace", &config.namespace)?;
+        if config.urls.is_empty() {
+            return Err(CoreError::InvalidArgument("no Redis URL given".into()));
+        }
+        if config.urls.len() > 1 && !config.cluster {
+            return Err(CoreError::InvalidArgument(
+                "several URLs are only meaningful for a cluster (cluster=True)".into(),
+            ));
+        }
+        for url in &config.urls {
+            url.as_str().into_connection_info().map_err(|e| {
+                CoreError::InvalidArgument(format!("bad Redis URL: {}", e.category()))
+            })?;
+        }
+        if config.shards == 0 || config.shards > 1024 {
+            return Err(CoreError::InvalidArgument("shards must be 1..=1024".into()));
+        }
+        if config.max_batch == 0 || config.max_queue == 0 {
+            return Err(CoreError::InvalidArgument(
+                "max_batch and max_queue must be positive".into(),
+            ));
+        }
+        if config.timeout.is_zero() {
+            return Err(CoreError::InvalidArgument(
+                "timeout must be positive".into(),
+            ));
+        }
+        let lanes = Coalescer::new(config.max_batch, config.max_queue);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                conn: OnceCell::new(),
+                lanes,
+                scripts: Scripts::new(),
+                clock_ms: AtomicU64::new(NO_CLOCK),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
+    /// The "now" scripts use for TTLs, in ms since the epoch; `None` means Redis TIME.
+    pub fn clock_ms(&self) -> Option<u64> {
+        match self.inner.clock_ms.load(Ordering::Relaxed) {
+            NO_CLOCK => None,
+            ms => Some(ms),
+        }
+    }
+
+    pub fn set_clock_ms(&self, ms: Option<u64>) {
+        self.inner
+            .clock_ms
+            .store(ms.unwrap_or(NO_CLOCK), Ordering::Relaxed);
+    }
+
+    fn tags(&self, sku: &str) -> CoreResult<Vec<String>> {
+        check_name("sku", sku)?;
+        let ns = &self.inner.config.namespace;
+        Ok((0..self.inner.config.shards)
+            .map(|s| shard_tag(ns, sku, s))
+            .collect())
+    }
+
+    async fn submit(&self, tag: &str, request: Request) -> CoreResult<Outcome> {
+        self.inner.lanes.submit(&self.inner, tag, request).await
+    }
+
+    /// Sends a hold-creating request to the holder's shards in order until one has stock.
+    async fn place(
+        &self,
+        sku: &str,
+        holder: &str,
+        quantity: u64,
+        make: impl Fn() -> Request,
+    ) -> CoreResult<Vec<Entry>> {
+        check_name("sku", sku)?;
+        check_holder(holder)?;
+        check_quantity(quantity)?;
+        let ns = &self.inner.config.namespace;
+        let mut available = 0;
+        for shard in shard_order(holder, self.inner.config.shards) {
+            match self.submit(&shard_tag(ns, sku, shard), make()).await {
+                Ok(Outcome::Entries(e)) => return Ok(e),
+                Ok(Outcome::Released(_)) => return Err(integrity("count for a hold")),
+                Err(CoreError::OutOfStock { available: a, .. }) => available += a,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(CoreError::OutOfStock {
+            requested: quantity,
+            available,
+        })
+    }
+
+    /// Sends a request about an existing hold to the holder's shards until one knows it.
+    async fn find(
+        &self,
+        sku: &str,
+        holder: &str,
+        make: impl Fn() -> Request,
+    ) -> CoreResult<Outcome> {
+        check_name("sku", sku)?;
+        check_holder(holder)?;
+        let ns = &self.inner.config.namespace;
+        for shard in shard_order(holder, self.inner.config.shards) {
+            match self.submit(&shard_tag(ns, sku, shard), make()).await {
+                Err(CoreError::HoldNotFound) => {}
+                other => return other,
+            }
+        }
+        Err(CoreError::HoldNotFound)
+    }
+
+    pub async fn reserve(
+        &self,
+        sku: &str,
+        holder: &str,
+        quantity: u64,
+        ttl_ms: u64,
+        batch: Option<u64>,
+    ) -> CoreResult<Vec<Entry>> {
+        if ttl_ms == 0 || ttl_ms >= keys::MAX_EXACT {
+            return Err(CoreError::InvalidArgument("ttl_ms must be positive".into()));
+        }
+        self.place(sku, holder, quantity, || Request::Reserve {
+            holder: holder.to_owned(),
+            quantity,
+            ttl_ms,
+            batch,
+        })
+        .await
+    }
+
+    pub async fn take(
+        &self,
+        sku: &str,
+        holder: &str,
+        quantity: u64,
+        batch: Option<u64>,
+    ) -> CoreResult<Vec<Entry>> {
+        self.place(sku, holder, quantity, || Request::Take {
+            holder: holder.to_owned(),
+            quantity,
+            batch,
+        })
+        .await
+    }
+
+    pub async fn confirm(&self, sku: &str, holder: &str) -> CoreResult<Vec<u64>> {
+        let outcome = self
+            .find(sku, holder, || Request::Confirm {
+                holder: holder.to_owned(),
+            })
+            .await?;
+        match outcome {
+            Outcome::Entries(e) => Ok(e.into_iter().map(|(id, _)| id).collect()),
+            Outcome::Released(_) => Err(integrity("count for a confirm")),
+        }
+    }
+
+    pub async fn release(&self, sku: &str, holder: &str) -> CoreResult<u64> {
+        let outcome = self
+            .find(sku, holder, || Request::Release {
+                holder: holder.to_owned(),
+            })
+            .await?;
+        match outcome {
+            Outcome::Released(n) => Ok(n),
+            Outcome::Entries(_) => Err(integrity("entries for a release")),
+        }
+    }
+
+    /// Several SKUs for one holder, all or nothing: hold each, give every hold back if one
+    /// SKU is short, then confirm them all. Works across cluster slots; a crash between the
+    /// steps leaves holds that return by TTL, and a retry with the same holder resumes.
+    pub async fn take_many(
+        &self,
+        requests: &[(String, u64)],
+        holder: &str,
+    ) -> CoreResult<Vec<(String, Vec<Entry>)>> {
+        if requests.is_empty() || requests.len() > MAX_TAKE_MANY {
+            return Err(CoreError::InvalidArgument(format!(
+                "take_many takes 1..={MAX_TAKE_MANY} SKUs"
+            )));
+        }
+        let mut seen = HashSet::new();
+        for (sku, quantity) in requests {
+            check_name("sku", sku)?;
+            check_quantity(*quantity)?;
+            if !seen.insert(sku.as_str()) {
+                return Err(CoreError::InvalidArgument(format!("SKU {sku} given twice")));
+            }
+        }
+        let mut held: Vec<(String, Vec<Entry>)> = Vec::with_capacity(requests.len());
+        for (sku, quantity) in requests {
+            match self
+                .reserve(sku, holder, *quantity, TAKE_MANY_HOLD_MS, None)
+                .await
+            {
+                Ok(entries) => held.push((sku.clone(), entries)),
+                Err(e) => {
+                    for (done, _) in &held {
+                        // Best effort: a hold we fail to release returns by its TTL.
+                        let _ = self.release(done, holder).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for (sku, _) in &held {
+            self.confirm(sku, holder).await?;
+        }
+        Ok(held)
+    }
+
+    fn group(&self, entries: Vec<(u64, Vec<u8>, String)>) -> CoreResult<Grouped> {
+        let shards = self.inner.config.shards;
+        let mut grouped: Grouped = BTreeMap::new();
+        for (id, ciphertext, bucket) in entries {
+            let packed = pack(id, &ciphertext)?;
+            grouped
+                .entry(entry_shard(id, shards))
+                .or_default()
+                .entry(bucket)
+                .or_default()
+                .push((id, packed));
+        }
+        for buckets in grouped.values_mut() {
+            for list in buckets.values_mut() {
+                list.sort_unstable_by_key(|(id, _)| *id);
+            }
+        }
+        Ok(grouped)
+    }
+
+    /// One shard's load calls: chunks of at most `LOAD_CHUNK` entries. With `rebuild`, the
+    /// first call clears the shard and sets its issued count.
+    async fn load_shard(
+        &self,
+        tag: &str,
+        buckets: BTreeMap<String, Vec<(u64, Vec<u8>)>>,
+        rebuild: Option<u64>,
+    ) -> CoreResult<u64> {
+        let mut flat: Vec<(&str, &(u64, Vec<u8>))> = Vec::new();
+        for (b, list) in &buckets {
+            flat.extend(list.iter().map(|e| (b.as_str(), e)));
+        }
+        let mut added = 0;
+        let mut first = true;
+        let mut chunks = flat.chunks(LOAD_CHUNK).peekable();
+        if chunks.peek().is_none() && rebuild.is_none() {
+            return Ok(0);
+        }
+        loop {
+            let chunk = chunks.next().unwrap_or(&[]);
+            let mut inv = self.inner.scripts.load.key(tag);
+            match (first, rebuild) {
+                (true, Some(issued)) => inv.arg("R").arg(issued),
+                _ => inv.arg("L").arg(0),
+            };
+            for group in chunk.chunk_by(|a, b| a.0 == b.0) {
+                inv.arg(group[0].0).arg(group.len());
+                for (_, (id, packed)) in group {
+                    inv.arg(*id).arg(packed.as_slice());
+                }
+            }
+            added += as_u64(&self.inner.eval(&inv).await?)?;
+            first = false;
+            if chunks.peek().is_none() {
+                return Ok(added);
+            }
+        }
+    }
+
+    /// Adds entries (id, ciphertext, priority) of `batch`; returns how many were new.
+    pub async fn load(
+        &self,
+        sku: &str,
+        entries: Vec<(u64, Vec<u8>, i64)>,
+        batch: u64,
+    ) -> CoreResult<u64> {
+        let tags = self.tags(sku)?;
+        let entries = entries
+            .into_iter()
+            .map(|(id, ct, prio)| Ok((id, ct, bucket(prio, batch)?)))
+            .collect::<CoreResult<Vec<_>>>()?;
+        let mut added = 0;
+        for (shard, buckets) in self.group(entries)? {
+            let tag = tags
+                .get(shard as usize)
+                .ok_or_else(|| integrity("shard out of range"))?;
+            added += self.load_shard(tag, buckets, None).await?;
+        }
+        Ok(added)
+    }
+
+    /// Replaces the pool with `entries` (id, ciphertext, priority, batch), dropping holds
+    /// and issued records, and sets the issued count. Each shard is replaced by its first
+    /// script call; a shard larger than one chunk fills up over the following calls.
+    pub async fn rebuild(
+        &self,
+        sku: &str,
+        entries: Vec<(u64, Vec<u8>, i64, u64)>,
+        issued: u64,
+    ) -> CoreResult<u64> {
+        let tags = self.tags(sku)?;
+        let entries = entries
+            .into_iter()
+            .map(|(id, ct, prio, b)| Ok((id, ct, bucket(prio, b)?)))
+            .collect::<CoreResult<Vec<_>>>()?;
+        let mut grouped = self.group(entries)?;
+        let mut added = 0;
+        for (shard, tag) in (0u32..).zip(&tags) {
+            let buckets = grouped.remove(&shard).unwrap_or_default();
+            let count = if shard == 0 { issued } else { 0 };
+            added += self.load_shard(tag, buckets, Some(count)).await?;
+        }
+        Ok(added)
+    }
+
+    /// Deletes the pool (all shards); returns how many available entries it had.
+    pub async fn drain(&self, sku: &str) -> CoreResult<u64> {
+        let mut n = 0;
+        for tag in self.tags(sku)? {
+            let mut inv = self.inner.scripts.load.key(&tag);
+            inv.arg("D").arg(0);
+            n += as_u64(&self.inner.eval(&inv).await?)?;
+        }
+        Ok(n)
+    }
+
+    pub async fn stock(&self, sku: &str) -> CoreResult<Stock> {
+        let mut total = Stock {
+            available: 0,
+            held: 0,
+            issued: 0,
+        };
+        for tag in self.tags(sku)? {
+            let v = as_array(self.inner.admin(&tag, "S", SWEEP_PER_CALL, None).await?)?;
+            let [a, h, i] = v.as_slice() else {
+                return Err(integrity("stock needs three counts"));
+            };
+            total.available += as_u64(a)?;
+            total.held += as_u64(h)?;
+            total.issued += as_u64(i)?;
+        }
+        Ok(total)
+    }
+
+    /// Returns every hold whose TTL passed (as of `now_ms`, else the pool's clock) to the
+    /// pool; returns how many holds were returned.
+    pub async fn expire(&self, sku: &str, now_ms: Option<u64>) -> CoreResult<u64> {
+        let mut n = 0;
+        for tag in self.tags(sku)? {
+            loop {
+                let got = as_u64(
+                    &self
+                        .inner
+                        .admin(&tag, "E", SWEEP_PER_EXPIRE, now_ms)
+                        .await?,
+                )?;
+                n += got;
+                if got < SWEEP_PER_EXPIRE {
+                    break;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    pub async fn exists(&self, sku: &str) -> CoreResult<bool> {
+        for tag in self.tags(sku)? {
+            if as_u64(&self.inner.admin(&tag, "X", 0, None).await?)? > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Holders with a live hold or an issued record, over all shards.
+    pub async fn holders(&self, sku: &str) -> CoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        for tag in self.tags(sku)? {
+            for v in as_array(self.inner.admin(&tag, "H", 0, None).await?)? {
+                let Value::BulkString(b) = v else {
+                    return Err(integrity("holder name"));
+                };
+                let name = String::from_utf8_lossy(&b).into_owned();
+                if seen.insert(name.clone()) {
+                    out.push(name);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(holder: &str, quantity: u64) -> Request {
+        Request::Take {
+            holder: holder.into(),
+            quantity,
+            batch: None,
+        }
+    }
+
+    #[test]
+    fn replies_parse_per_request() {
+        let ok = Value::Array(vec![
+            Value::Int(0),
+            Value::BulkString(pack(7, b"ct").unwrap_or_default()),
+        ]);
+        assert!(matches!(
+            parse_reply(&take("h", 1), ok),
+            Ok(Outcome::Entries(e)) if e == vec![(7, b"ct".to_vec())]
+        ));
+        let oos = Value::Array(vec![Value::Int(1), Value::Int(3)]);
+        assert!(matches!(
+            parse_reply(&take("h", 5), oos),
+            Err(CoreError::OutOfStock {
+                requested: 5,
+                available: 3
+            })
+        ));
+        let nf = Value::Array(vec![Value::Int(2)]);
+        let release = Request::Release { holder: "h".into() };
+        assert!(matches!(
+            parse_reply(&release, nf),
+            Err(CoreError::HoldNotFound)
+        ));
+        let rel = Value::Array(vec![Value::Int(0), Value::Int(2)]);
+        assert!(matches!(
+            parse_reply(&release, rel),
+            Ok(Outcome::Released(2))
+        ));
+        for bad in [
+            Value::Int(0),
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Int(9)]),
+            Value::Array(vec![Value::Int(0)]),
+            Value::Array(vec![Value::Int(0), Value::Int(1)]),
+        ] {
+            assert!(matches!(
+                parse_reply(&take("h", 1), bad),
+                Err(CoreError::Integrity(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn config_is_checked_without_connecting() {
+        let ok = Pool::new(PoolConfig::default());
+        assert!(ok.is_ok());
+        for config in [
+            PoolConfig {
+                urls: vec!["nope://x".into()],
+                ..PoolConfig::default()
+            },
+            PoolConfig {
+                namespace: "a{b}".into(),
+                ..PoolConfig::default()
+            },
+            PoolConfig {
+                shards: 0,
+                ..PoolConfig::default()
+            },
+            PoolConfig {
+                urls: vec!["redis://a".into(), "redis://b".into()],
+                ..PoolConfig::default()
+            },
+        ] {
+            assert!(matches!(
+                Pool::new(config),
+                Err(CoreError::InvalidArgument(_))
+            ));
+        }
+        let unix = PoolConfig {
+            urls: vec!["unix:///tmp/redis.sock".into()],
+            ..PoolConfig::default()
+        };
+        assert!(Pool::new(unix).is_ok());
+    }
+
+    #[test]
+    fn redis_errors_map_to_retryable_or_integrity() {
+        let io = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ));
+        assert!(matches!(map_redis(&io), CoreError::PoolUnavailable(_)));
+        let parse = RedisError::from((ErrorKind::UnexpectedReturnType, "bad"));
+        assert!(matches!(map_redis(&parse), CoreError::Integrity(_)));
+    }
+}
