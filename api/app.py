@@ -12,9 +12,10 @@ from fastapi import FastAPI
 
 from api import problems
 from api.middleware import RequestContextMiddleware
-from api.routers import catalog, distribution, ledger, ops
+from api.routers import catalog, distribution, issuance, ledger, ops
 from engine import __version__
 from engine.crypto.keyring import load_keyring
+from engine.issuance.service import IssuanceService
 from engine.logging import configure as configure_logging
 from engine.principals import PrincipalCache
 from engine.runtime import Runtime
@@ -41,10 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.principals = PrincipalCache()
         async with runtime.db.acquire() as conn:
             app.state.keyring = await load_keyring(conn, runtime.master_key)
+        app.state.issuance = IssuanceService(runtime.db, runtime.pool, app.state.keyring)
         log.info("worker_started", pid=os.getpid(), version=__version__)
         try:
             yield
         finally:
+            await app.state.issuance.close()
             await runtime.close()
 
     app = FastAPI(
@@ -59,5 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(catalog.router)
     app.include_router(distribution.router)
     app.include_router(ledger.router)
+    app.include_router(issuance.router)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -50,6 +50,14 @@ STATUS_BY_CODE: dict[str, int] = {
     "level_not_found": 404,
     "agent_not_found": 404,
     "unknown_sku": 422,
+    # engine.issuance
+    "out_of_stock": 409,
+    "product_unavailable": 409,
+    "pool_unavailable": 503,
+    "database_unavailable": 503,
+    "overloaded": 503,
+    "integrity_alarm": 503,
+    "issuance_not_found": 404,
     # engine.ledger
     "insufficient_balance": 402,
     "invalid_amount": 422,

@@ -134,3 +134,25 @@ class TrialBalancePublic(BaseModel):
     debits: int
     credits: int
     balanced: bool
+
+
+class IssuanceCreate(RequestModel):
+    sku: Sku
+    quantity: Annotated[int, Field(ge=1, le=100)]
+    reference: Reference | None = None
+
+
+class IssuedKeyPublic(BaseModel):
+    code: str
+    expires_at: datetime | None
+
+
+class IssuancePublic(BaseModel):
+    id: str
+    sku: str
+    quantity: int
+    amount: int
+    currency: str
+    reference: str | None
+    keys: list[IssuedKeyPublic]
+    created_at: datetime

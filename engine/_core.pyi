@@ -279,5 +279,8 @@ class Pool:
         """Delete the pool; returns how many entries were available."""
     def exists(self, sku: str) -> Future[bool]:
         """Whether the pool of ``sku`` is present in Redis."""
+    def restore(self, sku: str, holder: str) -> Future[int]:
+        """Un-issues a take the database never committed: the entries of ``holder``'s issued
+        record go back to the pool and the record is forgotten. Returns how many entries."""
     def holders(self, sku: str) -> Future[list[str]]:
         """Holders with a live hold or an issued record in the pool of ``sku``."""

@@ -9,6 +9,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
+from engine._core import Pool
 from engine.settings import Settings, decode_master_key
 
 log = structlog.get_logger(__name__)
@@ -25,6 +26,7 @@ class Runtime:
     settings: Settings
     db: asyncpg.Pool
     redis: aioredis.Redis
+    pool: Pool
 
     @property
     def master_key(self) -> bytes:
@@ -44,7 +46,9 @@ class Runtime:
         client = aioredis.from_url(
             redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
-        return cls(settings=settings, db=db, redis=client)
+        # The Rust pool connects lazily, on first use, inside this (already forked) worker.
+        pool = Pool(redis_url, namespace=settings.redis_namespace)
+        return cls(settings=settings, db=db, redis=client, pool=pool)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
+import structlog
 from fastapi import APIRouter, Request, status
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -12,7 +13,7 @@ from starlette.responses import Response
 from api.deps import OperatorDep, RuntimeDep
 from api.idempotency import json_response, run_idempotent
 from api.schemas import BatchCreate, BatchPublic, ProductCreate, ProductPublic, Stock
-from engine import audit
+from engine import EngineError, audit
 from engine.catalog.service import (
     Product,
     ProductType,
@@ -23,7 +24,12 @@ from engine.catalog.service import (
 )
 from engine.errors import CommonError, DomainError
 from engine.inventory.files import read_codes_file, screen_codes
+from engine.inventory.pools import publish_batch
 from engine.inventory.service import add_codes
+from engine.issuance.errors import IssuanceError
+from engine.runtime import Runtime
+
+log = structlog.get_logger(__name__)
 
 router = APIRouter(prefix="/v1/products", tags=["catalog"])
 
@@ -137,6 +143,7 @@ async def import_batch(
                 f"product:{sku}",
                 {"batch_id": result.batch_id, "accepted": result.accepted},
             )
+        await _publish(runtime, sku, result.batch_id)
         body = BatchPublic(
             batch_id=result.batch_id,
             accepted=result.accepted,
@@ -148,6 +155,21 @@ async def import_batch(
 
     fingerprint = {**payload, "expires_at": str(payload["expires_at"]), "codes": codes}
     return await run_idempotent(request, runtime, operator.owner_label, fingerprint, work)
+
+
+async def _publish(runtime: Runtime, sku: str, batch_id: int) -> None:
+    """The batch is committed; making it available in Redis may fail without losing it:
+    the pool is rebuilt from PostgreSQL when it is found missing or short."""
+    try:
+        await publish_batch(runtime.db, runtime.pool, sku, batch_id)
+    except EngineError as exc:
+        log.error("pool_publish_failed", sku=sku, batch_id=batch_id, error=type(exc).__name__)
+        raise DomainError(
+            IssuanceError.POOL_UNAVAILABLE,
+            "The batch was saved but the key pool is unavailable; "
+            "run `kami pools rebuild` once Redis is back.",
+            retry_after=5,
+        ) from None
 
 
 async def _from_json(

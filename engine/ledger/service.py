@@ -92,9 +92,13 @@ async def post(
         "SELECT id FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
         [account for account, _ in ordered],
     )
-    await conn.executemany(
-        "INSERT INTO journal_lines (entry_id, account_id, amount) VALUES ($1, $2, $3)",
-        [(entry_id, account, amount) for account, amount in ordered],
+    # One statement for all lines: the balance check runs once per statement.
+    await conn.execute(
+        "INSERT INTO journal_lines (entry_id, account_id, amount) "
+        "SELECT $1, account, amount FROM unnest($2::bigint[], $3::bigint[]) AS l(account, amount)",
+        entry_id,
+        [account for account, _ in ordered],
+        [amount for _, amount in ordered],
     )
     await conn.executemany("UPDATE accounts SET balance = balance + $2 WHERE id = $1", ordered)
     return entry_id

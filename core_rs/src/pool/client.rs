@@ -303,6 +303,12 @@ impl Inner {
         inv.arg(op).arg(now).arg(limit);
         self.eval(&inv).await
     }
+
+    async fn admin_for_holder(&self, tag: &str, op: &str, holder: &str) -> CoreResult<Value> {
+        let mut inv = self.scripts.admin.key(tag);
+        inv.arg(op).arg(self.now_arg()).arg(0).arg(holder);
+        self.eval(&inv).await
+    }
 }
 
 impl Executor<Request, Outcome> for Inner {
@@ -738,6 +744,17 @@ impl Pool {
             }
         }
         Ok(false)
+    }
+
+    /// Puts the entries of `holder`'s issued record back into the pool (on whichever shard
+    /// holds it) and forgets the record; returns how many entries went back. For takes the
+    /// database never committed; 0 when there is no record.
+    pub async fn restore(&self, sku: &str, holder: &str) -> CoreResult<u64> {
+        let mut n = 0;
+        for tag in self.tags(sku)? {
+            n += as_u64(&self.inner.admin_for_holder(&tag, "R", holder).await?)?;
+        }
+        Ok(n)
     }
 
     /// Holders with a live hold or an issued record, over all shards.

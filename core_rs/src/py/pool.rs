@@ -316,6 +316,18 @@ impl PyPool {
         spawn(py, async move { pool.exists(&sku).await })
     }
 
+    /// Un-issues a take the database never committed: the entries of ``holder``'s issued
+    /// record go back to the pool and the record is forgotten. Returns how many entries.
+    fn restore<'py>(
+        &self,
+        py: Python<'py>,
+        sku: String,
+        holder: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let pool = Arc::clone(&self.pool);
+        spawn(py, async move { pool.restore(&sku, &holder).await })
+    }
+
     /// Holders with a live hold or an issued record in the pool of ``sku``.
     fn holders<'py>(&self, py: Python<'py>, sku: String) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);

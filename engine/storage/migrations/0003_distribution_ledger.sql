@@ -71,19 +71,26 @@ CREATE TRIGGER journal_entries_append_only BEFORE UPDATE OR DELETE OR TRUNCATE O
 CREATE TRIGGER journal_lines_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON journal_lines
     FOR EACH STATEMENT EXECUTE FUNCTION kami_forbid_change();
 
--- Every entry balances: checked at commit, once all of its lines are in.
-CREATE FUNCTION kami_check_entry_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Every entry balances. Lines of one entry are inserted by one statement, so the check runs
+-- once per statement over the new lines (a transition table), not once per row.
+CREATE FUNCTION kami_check_entries_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    total numeric;
+    unbalanced bigint;
 BEGIN
-    SELECT coalesce(sum(amount), 0) INTO total FROM journal_lines WHERE entry_id = NEW.entry_id;
-    IF total <> 0 THEN
-        RAISE EXCEPTION 'journal entry % does not balance (sum %)', NEW.entry_id, total
+    SELECT l.entry_id INTO unbalanced
+    FROM journal_lines l
+    WHERE l.entry_id IN (SELECT DISTINCT entry_id FROM new_lines)
+    GROUP BY l.entry_id
+    HAVING sum(l.amount) <> 0
+    LIMIT 1;
+    IF unbalanced IS NOT NULL THEN
+        RAISE EXCEPTION 'journal entry % does not balance', unbalanced
             USING ERRCODE = 'check_violation';
     END IF;
     RETURN NULL;
 END
 $$;
 
-CREATE CONSTRAINT TRIGGER journal_lines_balanced AFTER INSERT ON journal_lines
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION kami_check_entry_balanced();
+CREATE TRIGGER journal_lines_balanced AFTER INSERT ON journal_lines
+    REFERENCING NEW TABLE AS new_lines
+    FOR EACH STATEMENT EXECUTE FUNCTION kami_check_entries_balanced();

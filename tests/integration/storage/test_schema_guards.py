@@ -18,9 +18,12 @@ async def test_journal_is_append_only(db: asyncpg.Connection) -> None:
     owed = await _account(db, "test:owed:append", "liability")
     async with db.transaction():
         entry = await db.fetchval("INSERT INTO journal_entries (kind) VALUES ('test') RETURNING id")
-        await db.executemany(
-            "INSERT INTO journal_lines (entry_id, account_id, amount) VALUES ($1, $2, $3)",
-            [(entry, cash, 500), (entry, owed, -500)],
+        await db.execute(
+            "INSERT INTO journal_lines (entry_id, account_id, amount) "
+            "VALUES ($1, $2, 500), ($1, $3, -500)",
+            entry,
+            cash,
+            owed,
         )
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
         await db.execute("UPDATE journal_lines SET amount = 1 WHERE entry_id = $1", entry)
@@ -38,9 +41,12 @@ async def test_an_unbalanced_entry_cannot_commit(db: asyncpg.Connection) -> None
             entry = await db.fetchval(
                 "INSERT INTO journal_entries (kind) VALUES ('test') RETURNING id"
             )
-            await db.executemany(
-                "INSERT INTO journal_lines (entry_id, account_id, amount) VALUES ($1, $2, $3)",
-                [(entry, cash, 500), (entry, owed, -499)],
+            await db.execute(
+                "INSERT INTO journal_lines (entry_id, account_id, amount) "
+                "VALUES ($1, $2, 500), ($1, $3, -499)",
+                entry,
+                cash,
+                owed,
             )
     assert await db.fetchval("SELECT count(*) FROM journal_lines WHERE account_id = $1", cash) == 0
 

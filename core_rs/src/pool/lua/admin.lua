@@ -1,6 +1,7 @@
--- ARGV: op ('S' stock, 'E' expire, 'H' holders, 'X' exists), now_ms, sweep limit.
+-- ARGV: op ('S' stock, 'E' expire, 'H' holders, 'X' exists, 'R' restore), now_ms, sweep limit,
+-- then for 'R' the holder.
 -- S (after a bounded sweep) -> {available, held, issued}; E -> holds returned; H -> holder names (held, then
--- issued); X -> 1 if the shard exists.
+-- issued); X -> 1 if the shard exists; R -> entries of the holder's issued record put back.
 local op = ARGV[1]
 if op == 'S' then
   sweep(clock(ARGV[2]), tonumber(ARGV[3]))
@@ -16,5 +17,18 @@ elseif op == 'H' then
   return out
 elseif op == 'X' then
   return redis.call('EXISTS', KC)
+elseif op == 'R' then
+  -- Un-issue: only for a take the database never committed (a rejected debit, a failed
+  -- commit, a crash before it). Without a record there is nothing to give back.
+  local holder = ARGV[4]
+  local s = redis.call('HGET', KI, holder)
+  if not s then
+    return 0
+  end
+  redis.call('HDEL', KI, holder)
+  redis.call('ZREM', KIX, holder)
+  local n = push_back(cmsgpack.unpack(s))
+  redis.call('HINCRBY', KC, 'i', -n)
+  return n
 end
 return error('kami: unknown admin op ' .. tostring(op))
