@@ -3,6 +3,7 @@ after the server has forked, never at import."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from api.middleware import RequestContextMiddleware
 from api.routers import catalog, distribution, issuance, ledger, ops
 from engine import __version__
 from engine.crypto.keyring import load_keyring
+from engine.issuance.reconciler import Reconciler
 from engine.issuance.service import IssuanceService
 from engine.logging import configure as configure_logging
 from engine.principals import PrincipalCache
@@ -43,10 +45,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with runtime.db.acquire() as conn:
             app.state.keyring = await load_keyring(conn, runtime.master_key)
         app.state.issuance = IssuanceService(runtime.db, runtime.pool, app.state.keyring)
+        reconciler = asyncio.create_task(Reconciler(runtime.db, runtime.pool).run_forever())
         log.info("worker_started", pid=os.getpid(), version=__version__)
         try:
             yield
         finally:
+            reconciler.cancel()
+            await asyncio.gather(reconciler, return_exceptions=True)
             await app.state.issuance.close()
             await runtime.close()
 

@@ -72,10 +72,12 @@ async def rebuild(db: asyncpg.Pool, pool: Pool, sku: str, *, only_if_missing: bo
 
 
 async def ensure_present(db: asyncpg.Pool, pool: Pool, sku: str) -> bool:
-    """Rebuild the pool if Redis has lost it; True when this call rebuilt it."""
+    """Rebuild the pool if Redis has lost it. True when it was missing (and has now been
+    rebuilt, by this call or a concurrent one): a caller's retry can succeed."""
     if await pool.exists(sku):
         return False
-    return await rebuild(db, pool, sku, only_if_missing=True) > 0
+    await rebuild(db, pool, sku, only_if_missing=True)
+    return True
 
 
 async def publish_batch(db: asyncpg.Pool, pool: Pool, sku: str, batch_id: int) -> int:
@@ -85,7 +87,7 @@ async def publish_batch(db: asyncpg.Pool, pool: Pool, sku: str, batch_id: int) -
     batch); loading only the batch would leave the product's earlier keys stranded.
     """
     if await ensure_present(db, pool, sku):
-        return 0
+        return 0  # rebuilt whole from PostgreSQL, this batch included
     rows = await db.fetch(
         "SELECT k.id, k.ciphertext, b.expires_at FROM card_keys k JOIN batches b "
         "ON b.id = k.batch_id WHERE k.batch_id = $1 AND k.state = 'available' ORDER BY k.id",

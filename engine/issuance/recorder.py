@@ -59,6 +59,7 @@ class PendingIssuance:
     unit_price: int
     currency: str
     reference: str | None
+    holder: str
     entry_ids: list[int]
 
     @property
@@ -195,11 +196,12 @@ class GroupCommitRecorder:
             public_ids = {i: new_public_id() for i in accepted}
             inserted = await conn.fetch(
                 "INSERT INTO issuances (public_id, agent_id, api_key_id, idempotency_key, "
-                "request_hash, product_id, sku, quantity, unit_price, amount, currency, reference) "
+                "request_hash, product_id, sku, quantity, unit_price, amount, currency, reference, "
+                "holder) "
                 "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], "
                 "$5::bytea[], $6::bigint[], $7::text[], $8::int[], $9::bigint[], $10::bigint[], "
-                "$11::text[], $12::text[]) "
-                "ON CONFLICT (agent_id, idempotency_key) DO NOTHING "
+                "$11::text[], $12::text[], $13::text[]) "
+                "ON CONFLICT DO NOTHING "
                 "RETURNING id, public_id, created_at",
                 [public_ids[i] for i in accepted],
                 [items[i].agent_id for i in accepted],
@@ -213,6 +215,7 @@ class GroupCommitRecorder:
                 [items[i].amount for i in accepted],
                 [items[i].currency for i in accepted],
                 [items[i].reference for i in accepted],
+                [items[i].holder for i in accepted],
             )
             by_public = {r["public_id"]: r for r in inserted}
             committed: list[int] = []

@@ -177,6 +177,7 @@ class IssuanceService:
             unit_price=terms.unit_price,
             currency=terms.currency,
             reference=reference,
+            holder=holder,
             entry_ids=[entry_id for entry_id, _ in entries],
         )
         try:

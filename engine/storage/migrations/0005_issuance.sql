@@ -8,6 +8,8 @@ CREATE TABLE issuances (
     -- The client's Idempotency-Key: a retry finds this row and gets the same keys back.
     idempotency_key  text NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 255),
     request_hash     bytea NOT NULL,
+    -- The pool holder the keys were taken under; the reconciler matches Redis against it.
+    holder           text NOT NULL UNIQUE,
     product_id       bigint NOT NULL REFERENCES products (id),
     sku              text NOT NULL,
     quantity         integer NOT NULL CHECK (quantity BETWEEN 1 AND 100),

@@ -96,9 +96,7 @@ async def make_shop(
         await client.post(
             f"/v1/agents/{agent_id}/deposits", json={"amount": deposit}, headers=operator
         )
-    api_key = (await client.post(f"/v1/agents/{agent_id}/api-keys", headers=operator)).json()[
-        "key"
-    ]
+    api_key = (await client.post(f"/v1/agents/{agent_id}/api-keys", headers=operator)).json()["key"]
     return Shop(client, operator, sku, codes, agent_id, api_key, price)
 
 
