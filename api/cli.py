@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+pools_app = typer.Typer(help="Redis key pools (rebuilt from PostgreSQL).", no_args_is_help=True)
+app.add_typer(pools_app, name="pools")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -151,6 +153,12 @@ def _banner(settings: Settings, report: Any, *, embedded: bool) -> str:
         lines.append("  Admin token  printed on first start (or set KAMI_ADMIN_TOKEN)")
     if report.demo_api_key:
         lines.append(f"  Demo API key {report.demo_api_key}")
+        lines.append("Issue a demo key:")
+        lines.append(
+            f"  curl -s -X POST {base}/v1/issuances -H 'Authorization: Bearer "
+            f"{report.demo_api_key}' -H 'Idempotency-Key: demo-1' "
+            '-H \'Content-Type: application/json\' -d \'{"sku": "DEMO-VIP-MONTH", "quantity": 1}\''
+        )
     else:
         lines.append("  Demo API key `kami demo` prints a fresh one")
     lines.append("Press Ctrl-C to stop.")
@@ -245,6 +253,30 @@ def demo_command(
         assert resolved.database_url is not None
         key = asyncio.run(new_demo_api_key(resolved.database_url.get_secret_value()))
     typer.echo(f"demo API key: {key}")
+
+
+@pools_app.command("rebuild")
+def pools_rebuild(
+    sku: Annotated[str | None, typer.Argument(help="One SKU; all products when omitted.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Embedded data dir.")] = None,
+) -> None:
+    """Rebuild pools from PostgreSQL, the source of truth (after Redis was lost or replaced).
+
+    Run it while no issuance is in flight for the SKU: entries taken but not yet committed
+    would be offered again (the commit guard still refuses a second issue of any key)."""
+    from engine.inventory.pools import rebuild_all
+
+    settings = load_settings(data_dir=data_dir)
+    with stores_for(settings) as resolved:
+        _run_bootstrap(resolved, seed_demo=False)
+        try:
+            counts = asyncio.run(rebuild_all(resolved, sku))
+        except Exception as exc:
+            fail(f"rebuild failed: {type(exc).__name__}: {exc}")
+    if not counts:
+        fail(f"no product {sku}" if sku else "no products", code=1)
+    for name, count in counts.items():
+        typer.echo(f"{name}: {count} available")
 
 
 @app.command()

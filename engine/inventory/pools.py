@@ -15,6 +15,8 @@ import asyncpg
 import structlog
 
 from engine._core import Pool
+from engine.runtime import require_urls
+from engine.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -98,3 +100,18 @@ async def publish_batch(db: asyncpg.Pool, pool: Pool, sku: str, batch_id: int) -
     return await load_batch(
         pool, sku, batch_id, rows[0]["expires_at"], [(r["id"], r["ciphertext"]) for r in rows]
     )
+
+
+async def rebuild_all(settings: Settings, sku: str | None = None) -> dict[str, int]:
+    """`kami pools rebuild`: rebuild one product's pool or every product's."""
+    database_url, redis_url = require_urls(settings)
+    pool = Pool(redis_url, namespace=settings.redis_namespace)
+    db = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        if sku is None:
+            skus = [r["sku"] for r in await db.fetch("SELECT sku FROM products ORDER BY sku")]
+        else:
+            skus = [sku] if await db.fetchval("SELECT 1 FROM products WHERE sku = $1", sku) else []
+        return {name: await rebuild(db, pool, name) for name in skus}
+    finally:
+        await db.close()
