@@ -126,6 +126,13 @@ fn utf16_with_bom() {
             );
         }
     }
+    // Shorter than the sniffing window, or an odd byte at the end: no panic, U+FFFD refused.
+    assert_eq!(txt(b"\xff\xfe"), Parsed::default());
+    assert_eq!(
+        txt(b"\xfe\xff\x00").rejected,
+        [(1, Reason::InvalidEncoding)]
+    );
+    assert_eq!(codes(&txt(b"\xff\xfeA\x00")), ["A"]);
     // A lone surrogate decodes to U+FFFD and is refused.
     let parsed = txt(b"\xff\xfeA\x00\n\x00\x00\xd8\n\x00");
     assert_eq!(codes(&parsed), ["A"]);
