@@ -125,6 +125,7 @@ def fingerprint_many(key: bytes, codes: Sequence[str]) -> list[bytes]:
 def normalize_code(code: str) -> str:
     """Unicode whitespace trimmed at both ends, then Unicode NFC. Nothing else.
 
+    Whitespace is the Unicode White_Space property (unlike `str.strip`, not U+001C..U+001F).
     Codes are case-sensitive and inner whitespace is kept.
     """
 

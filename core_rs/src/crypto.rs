@@ -71,7 +71,9 @@ struct DataKey {
 
 impl DataKey {
     fn new(raw: Zeroizing<[u8; KEY_LEN]>) -> Self {
-        let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*raw));
+        let mut key = Key::<Aes256Gcm>::from(*raw);
+        let cipher = Aes256Gcm::new(&key);
+        zeroize::Zeroize::zeroize(key.as_mut_slice());
         Self { cipher, raw }
     }
 }

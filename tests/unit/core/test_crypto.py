@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+import pickle
 import threading
 import unicodedata
 
@@ -94,6 +95,8 @@ def test_errors_and_repr_reveal_no_secret(cipher: Cipher) -> None:
     assert "SECRET" not in message
     assert repr(cipher) == "Cipher(active_key_id=1, key_ids=[1])"
     assert MASTER.hex() not in repr(cipher)
+    with pytest.raises(TypeError):
+        pickle.dumps(cipher)
     assert issubclass(CryptoError, EngineError)
 
 
