@@ -33,8 +33,7 @@ pub const DEFAULT_MAX_LENGTH: usize = 512;
 pub enum Format {
     Txt,
     Csv,
-    /// XLSX, and whatever else calamine detects (XLS, XLSB, ODS): merchants' "Excel file"
-    /// is often an old `.xls`, and refusing it would only send them to re-save it.
+    /// XLSX only; see `sheet` for why not XLS or ODS.
     Xlsx,
 }
 

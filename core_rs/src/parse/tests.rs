@@ -424,6 +424,19 @@ fn xlsx_rows_start_where_the_sheet_does() {
 }
 
 #[test]
+fn a_huge_bounding_box_costs_nothing() {
+    // A1 and the last cell of a sheet: a dense range would be 17 billion cells.
+    let data = xlsx(|sheet| {
+        sheet.write_string(0, 0, "A").expect("write");
+        sheet.write_string(1_048_575, 16_383, "far").expect("write");
+    });
+    let parsed = parse(&data, Format::Xlsx, Options::default());
+    assert_eq!(codes(&parsed), ["A"]);
+    assert_eq!(parsed.rejected, [(1_048_576, Reason::Empty)]);
+    assert_eq!(parsed.skipped, 1_048_574);
+}
+
+#[test]
 fn broken_spreadsheets_are_reported_not_raised() {
     for data in [&b""[..], b"not a zip", b"PK\x03\x04garbage"] {
         let parsed = parse(data, Format::Xlsx, Options::default());

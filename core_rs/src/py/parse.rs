@@ -90,8 +90,8 @@ fn options(
 }
 
 /// Parses a whole key file. `format`: "txt" (a code a line), "csv" (the 0-based `column`,
-/// default 0) or "xlsx" (the first worksheet's `column`; XLS, XLSB and ODS are detected and
-/// read too).
+/// default 0) or "xlsx" (the first worksheet's `column`; not the old binary `.xls`, whose
+/// reader cannot bound its memory: ask for XLSX or CSV).
 ///
 /// Text is UTF-8 with or without BOM, UTF-16 with BOM, or GBK/GB18030 as Chinese Excel
 /// writes it: the first row with a non-ASCII byte decides (valid UTF-8 → UTF-8, otherwise
