@@ -169,11 +169,11 @@ def parse_codes(
     """Parses a whole key file: "txt", "csv" (0-based `column`) or "xlsx" (first sheet).
 
     Not the old binary `.xls` (its reader cannot bound memory). Text is UTF-8 with or
-    without BOM, UTF-16 with BOM, or GBK/GB18030: the first row with a non-ASCII byte decides (valid UTF-8 -> UTF-8,
-    otherwise GB18030). Lines end with CRLF, LF or CR. Codes are normalised; blank rows are
-    skipped; over-long, control-character and undecodable codes are refused with their row
-    number. `skip_header` skips the first row. A damaged spreadsheet gives
-    `(0, "invalid_file")`. Raises ValueError only for bad arguments.
+    without BOM, UTF-16 with BOM, or GBK/GB18030: the first row with a non-ASCII byte
+    decides (valid UTF-8 -> UTF-8, otherwise GB18030). Lines end with CRLF, LF or CR. Codes
+    are normalised; blank rows are skipped; over-long, control-character and undecodable
+    codes are refused with their row number. `skip_header` skips the first row. A damaged
+    spreadsheet gives `(0, "invalid_file")`. Raises ValueError only for bad arguments.
     """
 
 @final

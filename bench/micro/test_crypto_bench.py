@@ -1,7 +1,7 @@
 """Micro benchmarks of the crypto and parsing core, per core (the batch calls are
 single-threaded by design; parallelism comes from workers).
 
-Run: .venv/bin/pytest bench/micro -p no:cacheprovider -o addopts="" --benchmark-only -q
+Run: .venv/bin/pytest bench/micro --benchmark-enable --benchmark-only -q -s
 Each benchmark checks its result before timing and reports entries/s in extra_info.
 Targets (issue 3): decrypt_many >= 2M entries/s for 32-byte codes; parse + fingerprint +
 encrypt of 1M codes >= 1M codes/s.
