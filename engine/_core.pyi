@@ -127,6 +127,7 @@ def fingerprint_many(key: bytes, codes: Sequence[str]) -> list[bytes]:
 def normalize_code(code: str) -> str:
     """Unicode whitespace trimmed at both ends, then Unicode NFC. Nothing else.
 
+    Whitespace is the Unicode White_Space property (unlike `str.strip`, not U+001C..U+001F).
     Codes are case-sensitive and inner whitespace is kept.
     """
 
@@ -169,12 +170,12 @@ def parse_codes(
 ) -> ParseResult:
     """Parses a whole key file: "txt", "csv" (0-based `column`) or "xlsx" (first sheet).
 
-    "xlsx" also reads XLS, XLSB and ODS. Text is UTF-8 with or without BOM, UTF-16 with
-    BOM, or GBK/GB18030: the first row with a non-ASCII byte decides (valid UTF-8 -> UTF-8,
-    otherwise GB18030). Lines end with CRLF, LF or CR. Codes are normalised; blank rows are
-    skipped; over-long, control-character and undecodable codes are refused with their row
-    number. `skip_header` skips the first row. A damaged spreadsheet gives
-    `(0, "invalid_file")`. Raises ValueError only for bad arguments.
+    Not the old binary `.xls` (its reader cannot bound memory). Text is UTF-8 with or
+    without BOM, UTF-16 with BOM, or GBK/GB18030: the first row with a non-ASCII byte
+    decides (valid UTF-8 -> UTF-8, otherwise GB18030). Lines end with CRLF, LF or CR. Codes
+    are normalised; blank rows are skipped; over-long, control-character and undecodable
+    codes are refused with their row number. `skip_header` skips the first row. A damaged
+    spreadsheet gives `(0, "invalid_file")`. Raises ValueError only for bad arguments.
     """
 
 @final

@@ -71,7 +71,9 @@ struct DataKey {
 
 impl DataKey {
     fn new(raw: Zeroizing<[u8; KEY_LEN]>) -> Self {
-        let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*raw));
+        let mut key = Key::<Aes256Gcm>::from(*raw);
+        let cipher = Aes256Gcm::new(&key);
+        zeroize::Zeroize::zeroize(key.as_mut_slice());
         Self { cipher, raw }
     }
 }
@@ -326,12 +328,14 @@ impl Keyring {
     pub fn encrypt_many<'a, I>(&self, sku: &str, items: I) -> CoreResult<Sealed>
     where
         I: IntoIterator<Item = (i64, &'a str)>,
-        I::IntoIter: ExactSizeIterator,
+        I::IntoIter: ExactSizeIterator + Clone,
     {
         let (key_id, key) = self.active_key()?;
         let items = items.into_iter();
+        // Sized up front: one allocation, no copying as a million entries go in.
+        let size = items.clone().map(|(_, code)| code.len() + OVERHEAD).sum();
         let mut sealed = Sealed {
-            buf: Vec::new(),
+            buf: Vec::with_capacity(size),
             ends: Vec::with_capacity(items.len()),
         };
         let mut aad = EntryAad::new(sku);
@@ -377,10 +381,16 @@ impl Keyring {
     pub fn decrypt_many<'a, I>(&self, sku: &str, items: I) -> CoreResult<Opened>
     where
         I: IntoIterator<Item = (i64, &'a [u8])>,
-        I::IntoIter: ExactSizeIterator,
+        I::IntoIter: ExactSizeIterator + Clone,
     {
         let items = items.into_iter();
-        let mut buf = Zeroizing::new(Vec::new());
+        // Sized up front so the buffer never reallocates: a reallocation would leave a copy
+        // of the plaintext so far in freed memory, out of reach of the zeroizing drop.
+        let size = items
+            .clone()
+            .map(|(_, ciphertext)| ciphertext.len().saturating_sub(OVERHEAD))
+            .sum();
+        let mut buf = Zeroizing::new(Vec::with_capacity(size));
         let mut ends = Vec::with_capacity(items.len());
         let mut aad = EntryAad::new(sku);
         // Batches are almost always under one key: skip the map lookup when it repeats.

@@ -5,7 +5,8 @@ use std::borrow::Cow;
 
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
-/// Trims Unicode whitespace at both ends and puts the rest in Unicode NFC.
+/// Trims Unicode whitespace (the White_Space property) at both ends and puts the rest in
+/// Unicode NFC.
 ///
 /// Nothing else: codes are case-sensitive and inner whitespace is kept (a code with inner
 /// whitespace is the merchant's business). NFC rather than NFKC because compatibility

@@ -33,8 +33,7 @@ pub const DEFAULT_MAX_LENGTH: usize = 512;
 pub enum Format {
     Txt,
     Csv,
-    /// XLSX, and whatever else calamine detects (XLS, XLSB, ODS): merchants' "Excel file"
-    /// is often an old `.xls`, and refusing it would only send them to re-save it.
+    /// XLSX only; see `sheet` for why not XLS or ODS.
     Xlsx,
 }
 
@@ -334,7 +333,7 @@ impl TextReader {
                 seen.extend_from_slice(data);
                 if seen.len() >= 3 {
                     let seen = std::mem::take(seen);
-                    self.sniff(&seen, false);
+                    self.sniff(&seen);
                 }
             }
         }
@@ -343,15 +342,16 @@ impl TextReader {
     fn finish(&mut self) {
         if let Prefix::Sniffing(seen) = &mut self.prefix {
             let seen = std::mem::take(seen);
-            self.sniff(&seen, true);
+            self.sniff(&seen);
         }
+        // The one call with `last`: a decoder must not be used after it.
         if let Prefix::Utf16(decoder) = &mut self.prefix {
             transcode(decoder, &[], true, &mut self.splitter, &mut self.validator);
         }
         self.splitter.finish(&mut self.validator);
     }
 
-    fn sniff(&mut self, seen: &[u8], last: bool) {
+    fn sniff(&mut self, seen: &[u8]) {
         let (prefix, rest) = if let Some(rest) = seen.strip_prefix(b"\xef\xbb\xbf") {
             self.validator.encoding = Encoding::Utf8;
             (Prefix::Plain, rest)
@@ -374,7 +374,13 @@ impl TextReader {
         self.prefix = prefix;
         match &mut self.prefix {
             Prefix::Utf16(decoder) => {
-                transcode(decoder, rest, last, &mut self.splitter, &mut self.validator);
+                transcode(
+                    decoder,
+                    rest,
+                    false,
+                    &mut self.splitter,
+                    &mut self.validator,
+                );
             }
             _ => self.splitter.push(rest, &mut self.validator),
         }

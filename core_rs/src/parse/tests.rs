@@ -126,6 +126,13 @@ fn utf16_with_bom() {
             );
         }
     }
+    // Shorter than the sniffing window, or an odd byte at the end: no panic, U+FFFD refused.
+    assert_eq!(txt(b"\xff\xfe"), Parsed::default());
+    assert_eq!(
+        txt(b"\xfe\xff\x00").rejected,
+        [(1, Reason::InvalidEncoding)]
+    );
+    assert_eq!(codes(&txt(b"\xff\xfeA\x00")), ["A"]);
     // A lone surrogate decodes to U+FFFD and is refused.
     let parsed = txt(b"\xff\xfeA\x00\n\x00\x00\xd8\n\x00");
     assert_eq!(codes(&parsed), ["A"]);
@@ -414,6 +421,19 @@ fn xlsx_rows_start_where_the_sheet_does() {
         parse(&xlsx(|_| {}), Format::Xlsx, Options::default()),
         Parsed::default()
     );
+}
+
+#[test]
+fn a_huge_bounding_box_costs_nothing() {
+    // A1 and the last cell of a sheet: a dense range would be 17 billion cells.
+    let data = xlsx(|sheet| {
+        sheet.write_string(0, 0, "A").expect("write");
+        sheet.write_string(1_048_575, 16_383, "far").expect("write");
+    });
+    let parsed = parse(&data, Format::Xlsx, Options::default());
+    assert_eq!(codes(&parsed), ["A"]);
+    assert_eq!(parsed.rejected, [(1_048_576, Reason::Empty)]);
+    assert_eq!(parsed.skipped, 1_048_574);
 }
 
 #[test]

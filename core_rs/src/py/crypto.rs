@@ -212,8 +212,8 @@ fn fingerprint_many<'py>(
 }
 
 /// The normal form codes are compared, fingerprinted and stored in: Unicode whitespace
-/// trimmed at both ends, then Unicode NFC. Nothing else: codes are case-sensitive and
-/// inner whitespace is kept.
+/// (the White_Space property) trimmed at both ends, then Unicode NFC. Nothing else: codes
+/// are case-sensitive and inner whitespace is kept.
 #[pyfunction]
 fn normalize_code(code: &str) -> String {
     normalize::normalize_code(code).into_owned()

@@ -90,8 +90,8 @@ fn options(
 }
 
 /// Parses a whole key file. `format`: "txt" (a code a line), "csv" (the 0-based `column`,
-/// default 0) or "xlsx" (the first worksheet's `column`; XLS, XLSB and ODS are detected and
-/// read too).
+/// default 0) or "xlsx" (the first worksheet's `column`; not the old binary `.xls`, whose
+/// reader cannot bound its memory: ask for XLSX or CSV).
 ///
 /// Text is UTF-8 with or without BOM, UTF-16 with BOM, or GBK/GB18030 as Chinese Excel
 /// writes it: the first row with a non-ASCII byte decides (valid UTF-8 → UTF-8, otherwise
@@ -100,8 +100,10 @@ fn options(
 /// characters, or undecodable are refused with their row number. `skip_header` skips the
 /// first row. A damaged spreadsheet is reported as `(0, "invalid_file")`, not raised.
 /// Raises ValueError only for bad arguments. Releases the GIL while parsing.
+// The default is spelt out (not `parse::DEFAULT_MAX_LENGTH`) so the text signature, and
+// stubtest, see the value.
 #[pyfunction]
-#[pyo3(signature = (data, format, *, column = None, max_length = parse::DEFAULT_MAX_LENGTH, skip_header = false))]
+#[pyo3(signature = (data, format, *, column = None, max_length = 512, skip_header = false))]
 fn parse_codes(
     py: Python<'_>,
     data: &[u8],
@@ -128,7 +130,7 @@ pub struct CodeReader {
 #[pymethods]
 impl CodeReader {
     #[new]
-    #[pyo3(signature = (format, *, column = None, max_length = parse::DEFAULT_MAX_LENGTH, skip_header = false))]
+    #[pyo3(signature = (format, *, column = None, max_length = 512, skip_header = false))]
     fn new(
         format: &str,
         column: Option<usize>,
