@@ -280,8 +280,10 @@ class Pool:
         """Delete the pool; returns how many entries were available."""
     def exists(self, sku: str) -> Future[bool]:
         """Whether the pool of ``sku`` is present in Redis."""
-    def restore(self, sku: str, holder: str) -> Future[int]:
+    def restore(self, sku: str, holder: str, *, drop: Sequence[int] | None = None) -> Future[int]:
         """Un-issues a take the database never committed: the entries of ``holder``'s issued
-        record go back to the pool and the record is forgotten. Returns how many entries."""
+        record go back to the pool, except the ids in ``drop`` (issued elsewhere: they leave
+        circulation), and the record is forgotten, so a retry by the same holder takes fresh
+        entries. Returns how many entries went back."""
     def holders(self, sku: str) -> Future[list[str]]:
         """Holders with a live hold or an issued record in the pool of ``sku``."""

@@ -79,6 +79,8 @@ class Recorded:
     created_at: datetime | None = None
     expires_at: dict[int, datetime | None] = field(default_factory=dict)
     balance_after: int | None = None
+    # For an integrity alarm: the entries the database says are not available.
+    unavailable: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -129,14 +131,17 @@ class GroupCommitRecorder:
                     slot.future.set_result(result)
 
     async def _flush(self, items: list[PendingIssuance]) -> list[Recorded]:
-        alarmed: set[int] = set()
+        alarmed: dict[int, frozenset[int]] = {}
         while True:
             try:
                 return await self._flush_once(items, alarmed)
             except _GuardMismatch as mismatch:
                 # Retry without the issuances whose keys were not available; they deliver
                 # nothing. The loop ends: each pass removes at least one issuance.
-                alarmed |= mismatch.positions
+                for position in mismatch.positions:
+                    alarmed[position] = frozenset(
+                        set(items[position].entry_ids) & mismatch.card_key_ids
+                    )
                 INTEGRITY_ALARMS.inc(len(mismatch.positions))
                 log.error(
                     "integrity_alarm",
@@ -155,10 +160,11 @@ class GroupCommitRecorder:
         return account
 
     async def _flush_once(  # noqa: PLR0915 - one transaction, read top to bottom
-        self, items: list[PendingIssuance], alarmed: set[int]
+        self, items: list[PendingIssuance], alarmed: dict[int, frozenset[int]]
     ) -> list[Recorded]:
         results: list[Recorded | None] = [
-            Recorded(Outcome.INTEGRITY_ALARM) if i in alarmed else None for i in range(len(items))
+            Recorded(Outcome.INTEGRITY_ALARM, unavailable=alarmed[i]) if i in alarmed else None
+            for i in range(len(items))
         ]
         live = [i for i in range(len(items)) if i not in alarmed]
         async with self._db.acquire() as conn, conn.transaction():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -236,6 +237,10 @@ class IssuanceService:
                 # they were never committed and go back.
                 await self._give_back(terms.sku, holder)
             return await self._replay(agent.agent_id, stored, pending.request_hash)
+        # Integrity alarm: some entries are issued already (Redis was rebuilt while they
+        # were in flight). They leave circulation; the rest go back, and a retry with the
+        # same Idempotency-Key takes fresh entries.
+        await self._give_back(terms.sku, holder, drop=recorded.unavailable)
         raise DomainError(
             IssuanceError.INTEGRITY_ALARM,
             "Issuance refused by an integrity check; nothing was delivered or charged.",
@@ -268,9 +273,9 @@ class IssuanceService:
                 ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _give_back(self, sku: str, holder: str) -> None:
+    async def _give_back(self, sku: str, holder: str, drop: Iterable[int] = ()) -> None:
         try:
-            await self._pool.restore(sku, holder)
+            await self._pool.restore(sku, holder, drop=list(drop))
         except Exception as exc:
             log.warning("pool_restore_failed", sku=sku, error=type(exc).__name__)
 

@@ -304,9 +304,18 @@ impl Inner {
         self.eval(&inv).await
     }
 
-    async fn admin_for_holder(&self, tag: &str, op: &str, holder: &str) -> CoreResult<Value> {
+    async fn admin_for_holder(
+        &self,
+        tag: &str,
+        op: &str,
+        holder: &str,
+        ids: &[u64],
+    ) -> CoreResult<Value> {
         let mut inv = self.scripts.admin.key(tag);
         inv.arg(op).arg(self.now_arg()).arg(0).arg(holder);
+        for id in ids {
+            inv.arg(&id.to_be_bytes()[..]);
+        }
         self.eval(&inv).await
     }
 }
@@ -747,12 +756,12 @@ impl Pool {
     }
 
     /// Puts the entries of `holder`'s issued record back into the pool (on whichever shard
-    /// holds it) and forgets the record; returns how many entries went back. For takes the
-    /// database never committed; 0 when there is no record.
-    pub async fn restore(&self, sku: &str, holder: &str) -> CoreResult<u64> {
+    /// holds it), except those in `drop`, and forgets the record; returns how many entries
+    /// went back. For takes the database never committed; 0 when there is no record.
+    pub async fn restore(&self, sku: &str, holder: &str, drop: &[u64]) -> CoreResult<u64> {
         let mut n = 0;
         for tag in self.tags(sku)? {
-            n += as_u64(&self.inner.admin_for_holder(&tag, "R", holder).await?)?;
+            n += as_u64(&self.inner.admin_for_holder(&tag, "R", holder, drop).await?)?;
         }
         Ok(n)
     }

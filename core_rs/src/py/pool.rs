@@ -163,10 +163,7 @@ impl PyPool {
             .into_iter()
             .map(|(id, ct, prio)| (id, ct.as_bytes().to_vec(), prio))
             .collect();
-        spawn(
-            py,
-            async move { pool.load(&sku, entries, batch).await },
-        )
+        spawn(py, async move { pool.load(&sku, entries, batch).await })
     }
 
     /// Hold ``quantity`` (1..=100) entries for ``holder`` for ``ttl_ms``; returns them as
@@ -296,10 +293,7 @@ impl PyPool {
             .into_iter()
             .map(|(id, ct, prio, b)| (id, ct.as_bytes().to_vec(), prio, b))
             .collect();
-        spawn(
-            py,
-            async move { pool.rebuild(&sku, entries, issued).await },
-        )
+        spawn(py, async move { pool.rebuild(&sku, entries, issued).await })
     }
 
     /// Delete the pool of ``sku`` (entries, holds, issued records); returns how many entries
@@ -317,15 +311,20 @@ impl PyPool {
     }
 
     /// Un-issues a take the database never committed: the entries of ``holder``'s issued
-    /// record go back to the pool and the record is forgotten. Returns how many entries.
+    /// record go back to the pool, except the ids in ``drop`` (issued elsewhere: they leave
+    /// circulation), and the record is forgotten, so a retry by the same holder takes fresh
+    /// entries. Returns how many entries went back.
+    #[pyo3(signature = (sku, holder, *, drop = None))]
     fn restore<'py>(
         &self,
         py: Python<'py>,
         sku: String,
         holder: String,
+        drop: Option<Vec<u64>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);
-        spawn(py, async move { pool.restore(&sku, &holder).await })
+        let drop = drop.unwrap_or_default();
+        spawn(py, async move { pool.restore(&sku, &holder, &drop).await })
     }
 
     /// Holders with a live hold or an issued record in the pool of ``sku``.

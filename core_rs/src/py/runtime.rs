@@ -99,10 +99,9 @@ where
                 Err(e) => (false, PyErr::from(e).into_value(py).into_any()),
             };
             // Fails only if the loop is closed: nobody is waiting any more.
-            let _ = event_loop_ref.bind(py).call_method1(
-                "call_soon_threadsafe",
-                (resolve, future_ref, ok, value),
-            );
+            let _ = event_loop_ref
+                .bind(py)
+                .call_method1("call_soon_threadsafe", (resolve, future_ref, ok, value));
         });
     });
     Ok(future)

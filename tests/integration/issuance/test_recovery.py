@@ -95,3 +95,48 @@ async def test_rebuild_matches_postgresql(
     finally:
         await db.close()
     assert await pool.stock(shop.sku) == (7, 0, 5)
+
+
+async def test_a_key_offered_again_is_refused_at_commit_and_the_retry_succeeds(
+    app_client: httpx.AsyncClient, operator_token: str, settings: Settings, database_url: str
+) -> None:
+    shop = await make_shop(app_client, operator_token, keys=5)
+    first = await shop.issue(1)
+    assert first.status_code == 201
+    issued_code = first.json()["keys"][0]["code"]
+
+    # A stale rebuild (say, from a lagging replica) puts the issued key back in the pool.
+    assert settings.redis_url is not None
+    pool = Pool(settings.redis_url.get_secret_value(), namespace=settings.redis_namespace)
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id, ciphertext, batch_id FROM card_keys WHERE product_id = "
+            "(SELECT id FROM products WHERE sku = $1) ORDER BY id",
+            shop.sku,
+        )
+    finally:
+        await conn.close()
+    await pool.rebuild(shop.sku, [(r["id"], r["ciphertext"], 0, r["batch_id"]) for r in rows])
+
+    alarms_before = await _alarms(app_client)
+    alarmed = await shop.issue(1, key="retry-me")
+    assert alarmed.status_code == 503
+    assert alarmed.json()["code"] == "integrity_alarm"
+    assert "retry-after" in alarmed.headers
+    assert await _alarms(app_client) == alarms_before + 1
+
+    retried = await shop.issue(1, key="retry-me")
+    assert retried.status_code == 201, retried.text
+    assert retried.json()["keys"][0]["code"] != issued_code
+    # The key issued first never reaches a second buyer.
+    rest = [await shop.issue(1) for _ in range(4)]
+    codes = [r.json()["keys"][0]["code"] for r in rest if r.status_code == 201]
+    assert issued_code not in codes
+    assert len(codes) == 3
+
+
+async def _alarms(client: httpx.AsyncClient) -> float:
+    text = (await client.get("/metrics")).text
+    line = next(ln for ln in text.splitlines() if ln.startswith("kami_integrity_alarms_total "))
+    return float(line.split()[-1])

@@ -1,5 +1,5 @@
 -- ARGV: op ('S' stock, 'E' expire, 'H' holders, 'X' exists, 'R' restore), now_ms, sweep limit,
--- then for 'R' the holder.
+-- then for 'R' the holder and the ids (8-byte big-endian) of entries to drop, not put back.
 -- S (after a bounded sweep) -> {available, held, issued}; E -> holds returned; H -> holder names (held, then
 -- issued); X -> 1 if the shard exists; R -> entries of the holder's issued record put back.
 local op = ARGV[1]
@@ -20,15 +20,30 @@ elseif op == 'X' then
 elseif op == 'R' then
   -- Un-issue: only for a take the database never committed (a rejected debit, a failed
   -- commit, a crash before it). Without a record there is nothing to give back.
+  -- Entries named after the holder are issued elsewhere (the database said so): they are
+  -- dropped, so a retry under the same holder takes fresh ones instead.
   local holder = ARGV[4]
   local s = redis.call('HGET', KI, holder)
   if not s then
     return 0
   end
+  local drop = {}
+  for k = 5, #ARGV do
+    drop[ARGV[k]] = true
+  end
+  local rec, keep = cmsgpack.unpack(s), {}
+  for k = 1, #rec - 1, 2 do
+    if not drop[string.sub(rec[k + 1], 1, 8)] then
+      keep[#keep + 1] = rec[k]
+      keep[#keep + 1] = rec[k + 1]
+    end
+  end
   redis.call('HDEL', KI, holder)
   redis.call('ZREM', KIX, holder)
-  local n = push_back(cmsgpack.unpack(s))
-  redis.call('HINCRBY', KC, 'i', -n)
-  return n
+  redis.call('HINCRBY', KC, 'i', -(#rec / 2))
+  if #keep == 0 then
+    return 0
+  end
+  return push_back(keep)
 end
 return error('kami: unknown admin op ' .. tostring(op))
