@@ -209,6 +209,13 @@ class IssuanceService:
             assert recorded.public_id is not None
             assert recorded.created_at is not None
             codes = self._decrypt(terms.sku, entries)
+            log.debug(
+                "issued",
+                issuance=recorded.public_id,
+                sku=terms.sku,
+                entry_ids=pending.entry_ids,
+                amount=pending.amount,
+            )
             return Issuance(
                 public_id=recorded.public_id,
                 sku=terms.sku,
