@@ -5,15 +5,23 @@ from collections.abc import Sequence
 from typing import final
 
 __all__ = [
+    "Cipher",
+    "CodeReader",
     "CryptoError",
     "EngineError",
     "HoldNotFound",
     "IntegrityError",
     "OutOfStock",
     "Overloaded",
+    "ParseResult",
     "Pool",
     "PoolUnavailable",
     "__version__",
+    "constant_time_eq",
+    "fingerprint",
+    "fingerprint_many",
+    "normalize_code",
+    "parse_codes",
 ]
 
 __version__: str
@@ -38,6 +46,162 @@ class IntegrityError(EngineError):
 
 class CryptoError(EngineError):
     """Encryption or decryption failed (wrong key, tampered or moved ciphertext)."""
+
+@final
+class Cipher:
+    """Envelope encryption of card keys with AES-256-GCM.
+
+    Built from the 32-byte master key. Data keys are created with `generate_data_key`
+    (store the returned wrapped key) or loaded with `add_data_key`; new ciphertext uses the
+    active one, and every ciphertext names its key id, so old ciphertext still decrypts
+    after rotation. A ciphertext is bound to its SKU and entry id: moved to another row it
+    fails with `CryptoError`. Safe to share between threads; batch calls release the GIL.
+
+    Ciphertext: version (1 byte, = 1), key id (4 bytes, big-endian), nonce (12 bytes),
+    encrypted UTF-8 code, tag (16 bytes): 33 bytes more than the code.
+    """
+
+    def __new__(cls, master_key: bytes) -> Cipher:
+        """Creates a cipher from the 32-byte master key; ValueError for another length."""
+
+    def generate_data_key(self, key_id: int) -> bytes:
+        """Creates, loads and returns (wrapped by the master key, 61 bytes) a random data key.
+
+        The new key is not active: store the wrapped key durably first, then call
+        `set_active`. Raises ValueError if `key_id` is already loaded.
+        """
+
+    def add_data_key(self, key_id: int, wrapped: bytes, *, active: bool = False) -> None:
+        """Unwraps a stored data key and loads it under `key_id` (`active=True` activates it).
+
+        Raises CryptoError if the wrapped key does not open under this master key (or was
+        stored under another id), ValueError if a different key is already loaded under
+        `key_id`. Loading the same key again is a no-op.
+        """
+
+    def set_active(self, key_id: int) -> None:
+        """Makes loaded data key `key_id` the one new ciphertext uses; ValueError if unknown."""
+
+    @property
+    def active_key_id(self) -> int | None:
+        """The id of the data key new ciphertext uses, or None before one is activated."""
+
+    @property
+    def key_ids(self) -> list[int]:
+        """The ids of the loaded data keys, ascending."""
+
+    @staticmethod
+    def key_id_of(ciphertext: bytes) -> int:
+        """The data key id in a ciphertext's header; CryptoError if not a known format."""
+
+    def encrypt(self, sku: str, entry_id: int, code: str) -> bytes:
+        """Encrypts `code` for entry `entry_id` of `sku`; CryptoError if no key is active."""
+
+    def decrypt(self, sku: str, entry_id: int, ciphertext: bytes) -> str:
+        """Decrypts entry `entry_id` of `sku`.
+
+        Raises CryptoError if it does not open: wrong or unloaded key, another SKU or entry,
+        or tampered.
+        """
+
+    def encrypt_many(self, sku: str, items: Sequence[tuple[int, str]]) -> list[bytes]:
+        """Encrypts `(entry_id, code)` pairs of one SKU, in order, without holding the GIL."""
+
+    def decrypt_many(self, sku: str, items: Sequence[tuple[int, bytes]]) -> list[str]:
+        """Decrypts `(entry_id, ciphertext)` pairs of one SKU, in order, without the GIL.
+
+        All or nothing: the first entry that does not open raises CryptoError naming its
+        entry id.
+        """
+
+def fingerprint(key: bytes, code: str) -> bytes:
+    """HMAC-SHA256 of `normalize_code(code)` under `key` (at least 32 bytes).
+
+    The key is separate from the encryption keys. The result is the blind index for
+    finding duplicate codes without decrypting. Raises ValueError for a short key.
+    """
+
+def fingerprint_many(key: bytes, codes: Sequence[str]) -> list[bytes]:
+    """`fingerprint` of each code, in order, without holding the GIL."""
+
+def normalize_code(code: str) -> str:
+    """Unicode whitespace trimmed at both ends, then Unicode NFC. Nothing else.
+
+    Whitespace is the Unicode White_Space property (unlike `str.strip`, not U+001C..U+001F).
+    Codes are case-sensitive and inner whitespace is kept.
+    """
+
+def constant_time_eq(a: bytes, b: bytes) -> bool:
+    """Compares in time independent of where the inputs differ (MACs, tokens, signatures).
+
+    Lengths are not secret: different lengths return False at once.
+    """
+
+@final
+class ParseResult:
+    """Codes read from a key file, the rows refused and how many rows were skipped.
+
+    Refused rows are reported by number and reason only, never by content: they may be
+    real keys. Row numbers are 1-based as an editor or spreadsheet shows them (CSV: records;
+    0: the whole file). Reasons: "too_long", "control_characters", "invalid_encoding",
+    "empty", "missing_column", "unterminated_quote", "numeric_precision",
+    "unsupported_cell", "cell_error", "invalid_file".
+    """
+
+    @property
+    def codes(self) -> list[str]:
+        """The accepted codes, normalised (`normalize_code`), in file order."""
+
+    @property
+    def rejected(self) -> list[tuple[int, str]]:
+        """`(row, reason)` for every refused row, in file order."""
+
+    @property
+    def skipped(self) -> int:
+        """Rows skipped on purpose: blank rows and the header."""
+
+def parse_codes(
+    data: bytes,
+    format: str,
+    *,
+    column: int | None = None,
+    max_length: int = 512,
+    skip_header: bool = False,
+) -> ParseResult:
+    """Parses a whole key file: "txt", "csv" (0-based `column`) or "xlsx" (first sheet).
+
+    Not the old binary `.xls` (its reader cannot bound memory). Text is UTF-8 with or
+    without BOM, UTF-16 with BOM, or GBK/GB18030: the first row with a non-ASCII byte
+    decides (valid UTF-8 -> UTF-8, otherwise GB18030). Lines end with CRLF, LF or CR. Codes
+    are normalised; blank rows are skipped; over-long, control-character and undecodable
+    codes are refused with their row number. `skip_header` skips the first row. A damaged
+    spreadsheet gives `(0, "invalid_file")`. Raises ValueError only for bad arguments.
+    """
+
+@final
+class CodeReader:
+    """Parses a key file chunk by chunk: `feed` each chunk, then `finish` once.
+
+    Each call returns the rows completed so far (row numbers count from the start of the
+    file); together they equal `parse_codes` of the whole file. For "xlsx" the reader
+    buffers and `finish` returns everything.
+    """
+
+    def __new__(
+        cls,
+        format: str,
+        *,
+        column: int | None = None,
+        max_length: int = 512,
+        skip_header: bool = False,
+    ) -> CodeReader:
+        """Same arguments as `parse_codes`; ValueError for bad ones."""
+
+    def feed(self, chunk: bytes) -> ParseResult:
+        """Parses the next chunk (any size, split anywhere); ValueError after `finish`."""
+
+    def finish(self) -> ParseResult:
+        """Ends the input and returns the remaining rows; ValueError if called twice."""
 
 @final
 class Pool:
@@ -116,5 +280,10 @@ class Pool:
         """Delete the pool; returns how many entries were available."""
     def exists(self, sku: str) -> Future[bool]:
         """Whether the pool of ``sku`` is present in Redis."""
+    def restore(self, sku: str, holder: str, *, drop: Sequence[int] | None = None) -> Future[int]:
+        """Un-issues a take the database never committed: the entries of ``holder``'s issued
+        record go back to the pool, except the ids in ``drop`` (issued elsewhere: they leave
+        circulation), and the record is forgotten, so a retry by the same holder takes fresh
+        entries. Returns how many entries went back."""
     def holders(self, sku: str) -> Future[list[str]]:
         """Holders with a live hold or an issued record in the pool of ``sku``."""

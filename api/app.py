@@ -1,0 +1,72 @@
+"""The FastAPI application factory. Connections open in the lifespan, i.e. in each worker
+after the server has forked, never at import."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from api import problems
+from api.middleware import RequestContextMiddleware
+from api.routers import catalog, distribution, issuance, ledger, ops
+from engine import __version__
+from engine.crypto.keyring import load_keyring
+from engine.issuance.reconciler import Reconciler
+from engine.issuance.service import IssuanceService
+from engine.logging import configure as configure_logging
+from engine.principals import PrincipalCache
+from engine.runtime import Runtime
+from engine.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+DESCRIPTION = """\
+Kami issues card keys (卡密), links and top-ups exactly once, durably, in milliseconds.
+
+Errors are RFC 9457 `application/problem+json` documents with a stable `code`.
+Mutating calls accept an `Idempotency-Key` header.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.open(settings)
+        app.state.runtime = runtime
+        app.state.principals = PrincipalCache()
+        async with runtime.db.acquire() as conn:
+            app.state.keyring = await load_keyring(conn, runtime.master_key)
+        app.state.issuance = IssuanceService(runtime.db, runtime.pool, app.state.keyring)
+        reconciler = asyncio.create_task(Reconciler(runtime.db, runtime.pool).run_forever())
+        log.info("worker_started", pid=os.getpid(), version=__version__)
+        try:
+            yield
+        finally:
+            reconciler.cancel()
+            await asyncio.gather(reconciler, return_exceptions=True)
+            await app.state.issuance.close()
+            await runtime.close()
+
+    app = FastAPI(
+        title="Kami",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    problems.install(app)
+    app.include_router(ops.router)
+    app.include_router(catalog.router)
+    app.include_router(distribution.router)
+    app.include_router(ledger.router)
+    app.include_router(issuance.router)
+    app.add_middleware(RequestContextMiddleware)
+    return app

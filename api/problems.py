@@ -1,0 +1,172 @@
+"""RFC 9457 problem details: the one place where errors become HTTP responses.
+
+Every error — domain errors, validation, unknown routes and methods, and anything
+unexpected — leaves as `application/problem+json` with a stable `code`.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from engine.errors import CommonError, DomainError
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://kami.dev/problems/"
+
+# Every code any area raises, and its status. A code missing here is a bug caught by
+# tests (tests/unit/api/test_problems.py), not a silent 500.
+STATUS_BY_CODE: dict[str, int] = {
+    CommonError.INVALID_REQUEST: 422,
+    CommonError.NOT_FOUND: 404,
+    CommonError.UNAUTHENTICATED: 401,
+    CommonError.FORBIDDEN: 403,
+    CommonError.IDEMPOTENCY_KEY_REQUIRED: 400,
+    CommonError.IDEMPOTENCY_CONFLICT: 409,
+    CommonError.RATE_LIMITED: 429,
+    CommonError.UNAVAILABLE: 503,
+    "method_not_allowed": 405,
+    "malformed_request": 400,
+    "payload_too_large": 413,
+    "internal_error": 500,
+    # engine.idempotency
+    "idempotency_in_progress": 409,
+    # engine.catalog
+    "sku_exists": 409,
+    "product_not_found": 404,
+    "product_not_visible": 403,
+    # engine.inventory
+    "invalid_file": 422,
+    # engine.distribution
+    "level_not_found": 404,
+    "agent_not_found": 404,
+    "unknown_sku": 422,
+    # engine.issuance
+    "out_of_stock": 409,
+    "product_unavailable": 409,
+    "pool_unavailable": 503,
+    "database_unavailable": 503,
+    "overloaded": 503,
+    "integrity_alarm": 503,
+    "issuance_not_found": 404,
+    # engine.ledger
+    "insufficient_balance": 402,
+    "invalid_amount": 422,
+}
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code.replace("_", "-"),
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return Response(
+        orjson.dumps(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
+
+
+def problem_for(exc: DomainError) -> Response:
+    """The problem document for a domain error (also what idempotent replays store)."""
+    code = str(exc.code)
+    status = STATUS_BY_CODE.get(code)
+    if status is None:
+        log.error("unmapped_error_code", code=code)
+        status = 500
+    extra = dict(exc.extra)
+    retry_after = extra.pop("retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return problem(status, code, exc.detail, headers=headers, **extra)
+
+
+async def _domain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return problem_for(exc)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            # "body.quantity" reads better than ["body", "quantity"] in a client's log.
+            "field": ".".join(str(part) for part in err.get("loc", ())),
+            "message": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
+        for err in exc.errors()
+    ]
+    if any(e["type"] == "json_invalid" for e in errors):
+        return problem(400, "malformed_request", "The request body is not valid JSON.")
+    fields = ", ".join(e["field"] for e in errors[:10])
+    return problem(
+        422,
+        CommonError.INVALID_REQUEST,
+        f"The request has invalid fields: {fields}.",
+        errors=_jsonable(errors),
+    )
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 404:
+        return problem(404, CommonError.NOT_FOUND, "No such resource.", headers=headers)
+    if exc.status_code == 405:
+        return problem(
+            405, "method_not_allowed", "This method is not allowed here.", headers=headers
+        )
+    code = {
+        400: "malformed_request",
+        401: "unauthenticated",
+        403: "forbidden",
+        413: "payload_too_large",
+    }
+    status = exc.status_code
+    return problem(
+        status,
+        code.get(status, "http_error"),
+        str(exc.detail) if exc.detail else HTTPStatus(status).phrase,
+        headers=headers,
+    )
+
+
+async def _unexpected_error(_request: Request, exc: Exception) -> Response:
+    # Reaching here is a bug; the request id ties the client's report to this log line.
+    log.exception("unhandled_error", error_type=type(exc).__name__)
+    return problem(500, "internal_error", "An unexpected error occurred; it has been logged.")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

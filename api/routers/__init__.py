@@ -1,0 +1,1 @@
+"""HTTP routers: each translates HTTP to `engine` calls and back, and nothing more."""

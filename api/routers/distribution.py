@@ -1,0 +1,173 @@
+"""Distribution (operator): agent levels, agents, API keys, deposits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, status
+from starlette.responses import Response
+
+from api.deps import OperatorDep, RuntimeDep
+from api.idempotency import json_response, run_idempotent
+from api.schemas import (
+    AgentCreate,
+    AgentLevelCreate,
+    AgentLevelPublic,
+    AgentPublic,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    DepositCreate,
+    DepositPublic,
+    Id,
+)
+from engine import audit
+from engine.auth import ApiKeyMode
+from engine.distribution.service import (
+    Agent,
+    Level,
+    create_agent,
+    create_api_key,
+    create_level,
+    get_agent,
+    get_level,
+)
+from engine.ledger.service import deposit
+
+router = APIRouter(prefix="/v1", tags=["distribution"])
+
+
+def _level(level: Level) -> dict[str, Any]:
+    return AgentLevelPublic(**vars(level)).model_dump(mode="json")
+
+
+def _agent(agent: Agent) -> dict[str, Any]:
+    return AgentPublic(**vars(agent)).model_dump(mode="json")
+
+
+@router.post(
+    "/agent-levels",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AgentLevelPublic,
+    summary="Create an agent level with its prices and visible SKUs",
+)
+async def create_agent_level(
+    body: AgentLevelCreate, request: Request, runtime: RuntimeDep, operator: OperatorDep
+) -> Response:
+    async def work() -> Response:
+        async with runtime.db.acquire() as conn, conn.transaction():
+            level = await create_level(
+                conn,
+                name=body.name,
+                rank=body.rank,
+                prices=body.prices,
+                visible_skus=body.visible_skus,
+            )
+            await audit.record(
+                conn, operator.owner_label, "agent_level.created", f"agent_level:{level.id}"
+            )
+        return json_response(201, _level(level))
+
+    return await run_idempotent(
+        request, runtime, operator.owner_label, body.model_dump(mode="json"), work
+    )
+
+
+@router.get("/agent-levels/{level_id}", response_model=AgentLevelPublic, summary="An agent level")
+async def read_agent_level(level_id: Id, runtime: RuntimeDep, _operator: OperatorDep) -> Response:
+    return json_response(200, _level(await get_level(runtime.db, level_id)))
+
+
+@router.post(
+    "/agents",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AgentPublic,
+    summary="Create an agent",
+)
+async def create(
+    body: AgentCreate, request: Request, runtime: RuntimeDep, operator: OperatorDep
+) -> Response:
+    async def work() -> Response:
+        async with runtime.db.acquire() as conn, conn.transaction():
+            agent = await create_agent(
+                conn,
+                name=body.name,
+                level_id=body.level_id,
+                parent_id=body.parent_id,
+                credit_limit=body.credit_limit,
+            )
+            await audit.record(conn, operator.owner_label, "agent.created", f"agent:{agent.id}")
+        return json_response(201, _agent(agent))
+
+    return await run_idempotent(
+        request, runtime, operator.owner_label, body.model_dump(mode="json"), work
+    )
+
+
+@router.get("/agents/{agent_id}", response_model=AgentPublic, summary="An agent and its balance")
+async def read(agent_id: Id, runtime: RuntimeDep, _operator: OperatorDep) -> Response:
+    return json_response(200, _agent(await get_agent(runtime.db, agent_id)))
+
+
+@router.post(
+    "/agents/{agent_id}/api-keys",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ApiKeyCreated,
+    summary="Create an API key for an agent (the secret is shown once)",
+)
+async def create_key(
+    agent_id: Id,
+    request: Request,
+    runtime: RuntimeDep,
+    operator: OperatorDep,
+    body: ApiKeyCreate | None = None,
+) -> Response:
+    mode = ApiKeyMode((body or ApiKeyCreate()).mode)
+
+    async def work() -> Response:
+        async with runtime.db.acquire() as conn, conn.transaction():
+            key_id, key, prefix = await create_api_key(conn, agent_id, mode)
+            await audit.record(
+                conn,
+                operator.owner_label,
+                "api_key.created",
+                f"agent:{agent_id}",
+                {"key_id": key_id, "mode": mode.value, "prefix": prefix},
+            )
+        created = ApiKeyCreated(id=key_id, key=key, mode=mode.value, prefix=prefix)
+        return json_response(201, created.model_dump(mode="json"))
+
+    return await run_idempotent(
+        request, runtime, operator.owner_label, {"agent_id": agent_id, "mode": mode.value}, work
+    )
+
+
+@router.post(
+    "/agents/{agent_id}/deposits",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DepositPublic,
+    summary="Credit an agent's prepaid balance (预存款) through the ledger",
+)
+async def create_deposit(
+    agent_id: Id,
+    body: DepositCreate,
+    request: Request,
+    runtime: RuntimeDep,
+    operator: OperatorDep,
+) -> Response:
+    async def work() -> Response:
+        async with runtime.db.acquire() as conn, conn.transaction():
+            agent = await get_agent(conn, agent_id)
+            entry_id, balance = await deposit(
+                conn, agent.id, body.amount, currency=agent.currency, reference=body.reference
+            )
+            await audit.record(
+                conn,
+                operator.owner_label,
+                "deposit.created",
+                f"agent:{agent_id}",
+                {"entry_id": entry_id, "amount": body.amount},
+            )
+        return json_response(201, DepositPublic(entry_id=entry_id, balance=balance).model_dump())
+
+    payload = {"agent_id": agent_id, **body.model_dump(mode="json")}
+    return await run_idempotent(request, runtime, operator.owner_label, payload, work)

@@ -1,0 +1,95 @@
+"""Issuance (agent API key): the hot path."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Path, Request, status
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from api.deps import AgentDep
+from api.idempotency import request_hash, request_key
+from api.schemas import IssuanceCreate, IssuancePublic
+from engine.errors import CommonError, DomainError
+from engine.issuance.service import Issuance, IssuanceService
+
+router = APIRouter(prefix="/v1/issuances", tags=["issuance"])
+
+_CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/IssuanceCreate"}}
+        },
+    },
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "description": "A retry with the same key and body returns the first response.",
+        }
+    ],
+}
+
+
+def _body(issuance: Issuance) -> bytes:
+    document: dict[str, Any] = {
+        "id": issuance.public_id,
+        "sku": issuance.sku,
+        "quantity": issuance.quantity,
+        "amount": issuance.amount,
+        "currency": issuance.currency,
+        "reference": issuance.reference,
+        "keys": [{"code": k.code, "expires_at": k.expires_at} for k in issuance.keys],
+        "created_at": issuance.created_at,
+    }
+    return orjson.dumps(document, option=orjson.OPT_UTC_Z)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=IssuancePublic,
+    summary="Issue keys, paid from the caller's balance",
+    openapi_extra=_CREATE_BODY,
+)
+async def create(request: Request, agent: AgentDep) -> Response:
+    key = request_key(request, required=True)
+    assert key is not None
+    try:
+        body = IssuanceCreate.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = exc.errors()
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise DomainError(
+                CommonError.INVALID_REQUEST, "The request body is not valid JSON."
+            ) from None
+        fields = [".".join(str(p) for p in e["loc"]) for e in errors]
+        raise DomainError(
+            CommonError.INVALID_REQUEST,
+            f"The request has invalid fields: {', '.join(fields[:10])}.",
+            errors=[{"field": f, "message": e["msg"]} for f, e in zip(fields, errors, strict=True)],
+        ) from None
+    service: IssuanceService = request.app.state.issuance
+    issuance = await service.issue(
+        agent,
+        sku=body.sku,
+        quantity=body.quantity,
+        reference=body.reference,
+        idempotency_key=key,
+        request_hash=request_hash(request, body.model_dump(mode="json")),
+    )
+    return Response(_body(issuance), status_code=201, media_type="application/json")
+
+
+@router.get("/{issuance_id}", response_model=IssuancePublic, summary="An issuance, for its owner")
+async def read(
+    issuance_id: Annotated[str, Path(max_length=64)], request: Request, agent: AgentDep
+) -> Response:
+    service: IssuanceService = request.app.state.issuance
+    issuance = await service.reveal(agent.agent_id, issuance_id, agent.owner_label)
+    return Response(_body(issuance), media_type="application/json")

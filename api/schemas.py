@@ -1,0 +1,158 @@
+"""Request and response bodies of the public API (`ProductCreate`, `ProductPublic`, …).
+
+Money is an integer in minor units; request models are strict (a string is not a number)
+and refuse unknown fields, so a typo is a 422 rather than a silently ignored field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_MONEY = 10**15  # far above any real amount; keeps every sum inside a bigint
+
+Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Money = Annotated[int, Field(ge=0, le=MAX_MONEY)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+Reference = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Stock(BaseModel):
+    available: int
+    held: int
+    issued: int
+
+
+class ProductCreate(RequestModel):
+    sku: Sku
+    name: Name
+    type: Literal["card", "link", "topup"]
+    price: Money
+    currency: Currency = "CNY"
+
+
+class ProductPublic(BaseModel):
+    sku: str
+    name: str
+    type: str
+    price: int
+    currency: str
+    status: str
+    stock: Stock
+    created_at: datetime
+
+
+class BatchCreate(RequestModel):
+    codes: Annotated[
+        list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=200_000)
+    ]
+    name: Annotated[str, StringConstraints(max_length=200)] = ""
+    expires_at: datetime | None = None
+    unit_cost: Money = 0
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class RejectedLine(BaseModel):
+    line: int
+    reason: str
+
+
+class BatchPublic(BaseModel):
+    batch_id: int
+    accepted: int
+    duplicates: int
+    rejected: int
+    rejected_lines: list[RejectedLine] = Field(default_factory=list)
+
+
+class AgentLevelCreate(RequestModel):
+    name: Name
+    rank: Annotated[int, Field(ge=0, le=1000)]
+    prices: Annotated[dict[Sku, Money], Field(max_length=10_000)] = Field(default_factory=dict)
+    visible_skus: Annotated[list[Sku], Field(max_length=10_000)] | None = None
+
+
+class AgentLevelPublic(BaseModel):
+    id: int
+    name: str
+    rank: int
+    prices: dict[str, int]
+    visible_skus: list[str] | None
+    created_at: datetime
+
+
+class AgentCreate(RequestModel):
+    name: Name
+    level_id: Id
+    parent_id: Id | None = None
+    credit_limit: Money = 0
+
+
+class AgentPublic(BaseModel):
+    id: int
+    name: str
+    level_id: int
+    parent_id: int | None
+    balance: int
+    credit_limit: int
+    currency: str
+    status: str
+    created_at: datetime
+
+
+class ApiKeyCreate(RequestModel):
+    mode: Literal["live", "test"] = "live"
+
+
+class ApiKeyCreated(BaseModel):
+    id: int
+    key: str = Field(description="The secret, shown once; only its hash is stored.")
+    mode: str
+    prefix: str
+
+
+class DepositCreate(RequestModel):
+    amount: Annotated[int, Field(ge=1, le=MAX_MONEY)]
+    reference: Reference | None = None
+
+
+class DepositPublic(BaseModel):
+    entry_id: int
+    balance: int
+
+
+class TrialBalancePublic(BaseModel):
+    debits: int
+    credits: int
+    balanced: bool
+
+
+class IssuanceCreate(RequestModel):
+    sku: Sku
+    quantity: Annotated[int, Field(ge=1, le=100)]
+    reference: Reference | None = None
+
+
+class IssuedKeyPublic(BaseModel):
+    code: str
+    expires_at: datetime | None
+
+
+class IssuancePublic(BaseModel):
+    id: str
+    sku: str
+    quantity: int
+    amount: int
+    currency: str
+    reference: str | None
+    keys: list[IssuedKeyPublic]
+    created_at: datetime

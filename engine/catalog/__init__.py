@@ -1,0 +1,1 @@
+"""Products: SKU, type (card | link | topup), price in minor units, currency, status."""

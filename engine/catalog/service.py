@@ -1,0 +1,104 @@
+"""Product storage. Callers hold the connection (and the transaction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import asyncpg
+
+from engine.errors import DomainError
+from engine.storage.db import Connection, Executor
+
+
+class CatalogError(StrEnum):
+    SKU_EXISTS = "sku_exists"
+    PRODUCT_NOT_FOUND = "product_not_found"
+
+
+class ProductType(StrEnum):
+    CARD = "card"
+    LINK = "link"
+    TOPUP = "topup"
+
+
+@dataclass(frozen=True)
+class Product:
+    id: int
+    sku: str
+    name: str
+    type: ProductType
+    price: int
+    currency: str
+    status: str
+    created_at: datetime
+
+
+_COLUMNS = "id, sku, name, type, price, currency, status, created_at"
+
+
+def _product(row: asyncpg.Record) -> Product:
+    return Product(
+        id=row["id"],
+        sku=row["sku"],
+        name=row["name"],
+        type=ProductType(row["type"]),
+        price=row["price"],
+        currency=row["currency"],
+        status=row["status"],
+        created_at=row["created_at"],
+    )
+
+
+async def create_product(
+    conn: Connection,
+    *,
+    sku: str,
+    name: str,
+    type: ProductType,
+    price: int,
+    currency: str = "CNY",
+) -> Product:
+    try:
+        row = await conn.fetchrow(
+            f"INSERT INTO products (sku, name, type, price, currency) "  # noqa: S608
+            f"VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
+            sku,
+            name,
+            type.value,
+            price,
+            currency,
+        )
+    except asyncpg.UniqueViolationError:
+        raise DomainError(CatalogError.SKU_EXISTS, f"A product with SKU {sku} exists.") from None
+    assert row is not None
+    return _product(row)
+
+
+async def get_product(conn: Connection, sku: str) -> Product:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM products WHERE sku = $1", sku)  # noqa: S608
+    if row is None:
+        raise DomainError(CatalogError.PRODUCT_NOT_FOUND, f"No product with SKU {sku}.")
+    return _product(row)
+
+
+@dataclass(frozen=True)
+class StockCounts:
+    available: int
+    held: int
+    issued: int
+
+
+async def stock_counts(conn: Executor, product_id: int) -> StockCounts:
+    """Counts by state from PostgreSQL, the source of truth (revoked keys are not stock)."""
+    rows = await conn.fetch(
+        "SELECT state, count(*) AS n FROM card_keys WHERE product_id = $1 GROUP BY state",
+        product_id,
+    )
+    counts = {row["state"]: row["n"] for row in rows}
+    return StockCounts(
+        available=counts.get("available", 0),
+        held=counts.get("held", 0),
+        issued=counts.get("issued", 0),
+    )

@@ -1,0 +1,1 @@
+"""Batches of card keys: import with normalisation, encryption and duplicate detection."""

@@ -1,0 +1,117 @@
+"""Keeping the Redis pools in step with PostgreSQL, the source of truth.
+
+Every available card key is also an entry in its product's pool: `(id, ciphertext,
+priority)`. The priority makes the pool hand out the batch that expires first, then the
+oldest batch. A pool that is missing from Redis (flushed, a new Redis) is rebuilt from
+PostgreSQL before it serves again; rebuilds of one SKU are serialised across processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from engine._core import Pool
+from engine.runtime import require_urls
+from engine.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+_NO_EXPIRY = 1 << 32  # seconds: after every real expiry date (year 2106)
+_BATCH_BITS = 20
+# Advisory lock space for pool rebuilds: "KAMIPOOL" in the high bytes, product id below.
+_REBUILD_LOCK_BASE = 0x4B414D49 << 32
+
+
+def priority(expires_at: datetime | None, batch_id: int) -> int:
+    """Earliest expiry first, then the older batch; exact in a Redis score (< 2^53)."""
+    expiry = int(expires_at.timestamp()) if expires_at is not None else _NO_EXPIRY
+    return (min(expiry, _NO_EXPIRY) << _BATCH_BITS) | (batch_id & ((1 << _BATCH_BITS) - 1))
+
+
+async def load_batch(
+    pool: Pool,
+    sku: str,
+    batch_id: int,
+    expires_at: datetime | None,
+    entries: Sequence[tuple[int, bytes]],
+) -> int:
+    rank = priority(expires_at, batch_id)
+    return await pool.load(sku, [(i, c, rank) for i, c in entries], batch=batch_id)
+
+
+async def rebuild(db: asyncpg.Pool, pool: Pool, sku: str, *, only_if_missing: bool = False) -> int:
+    """Replace the pool of `sku` with PostgreSQL's available keys; returns how many.
+
+    With `only_if_missing`, a pool another process rebuilt meanwhile is left alone: a second
+    rebuild would put back entries taken since the first.
+    """
+    async with db.acquire() as conn, conn.transaction():
+        product_id = await conn.fetchval("SELECT id FROM products WHERE sku = $1", sku)
+        if product_id is None:
+            return 0
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _REBUILD_LOCK_BASE + product_id)
+        if only_if_missing and await pool.exists(sku):
+            return 0
+        rows = await conn.fetch(
+            "SELECT k.id, k.ciphertext, k.batch_id, b.expires_at FROM card_keys k "
+            "JOIN batches b ON b.id = k.batch_id WHERE k.product_id = $1 AND k.state = 'available'",
+            product_id,
+        )
+        issued = await conn.fetchval(
+            "SELECT count(*) FROM card_keys WHERE product_id = $1 AND state = 'issued'", product_id
+        )
+        entries = [
+            (r["id"], r["ciphertext"], priority(r["expires_at"], r["batch_id"]), r["batch_id"])
+            for r in rows
+        ]
+        count = await pool.rebuild(sku, entries, issued=issued)
+    log.warning("pool_rebuilt", sku=sku, available=count)
+    return count
+
+
+async def ensure_present(db: asyncpg.Pool, pool: Pool, sku: str) -> bool:
+    """Rebuild the pool if Redis has lost it. True when it was missing (and has now been
+    rebuilt, by this call or a concurrent one): a caller's retry can succeed."""
+    if await pool.exists(sku):
+        return False
+    await rebuild(db, pool, sku, only_if_missing=True)
+    return True
+
+
+async def publish_batch(db: asyncpg.Pool, pool: Pool, sku: str, batch_id: int) -> int:
+    """Make a committed batch's keys available in the pool; returns how many were added.
+
+    A pool Redis does not have yet is built whole from PostgreSQL (which now includes this
+    batch); loading only the batch would leave the product's earlier keys stranded.
+    """
+    if await ensure_present(db, pool, sku):
+        return 0  # rebuilt whole from PostgreSQL, this batch included
+    rows = await db.fetch(
+        "SELECT k.id, k.ciphertext, b.expires_at FROM card_keys k JOIN batches b "
+        "ON b.id = k.batch_id WHERE k.batch_id = $1 AND k.state = 'available' ORDER BY k.id",
+        batch_id,
+    )
+    if not rows:
+        return 0
+    return await load_batch(
+        pool, sku, batch_id, rows[0]["expires_at"], [(r["id"], r["ciphertext"]) for r in rows]
+    )
+
+
+async def rebuild_all(settings: Settings, sku: str | None = None) -> dict[str, int]:
+    """`kami pools rebuild`: rebuild one product's pool or every product's."""
+    database_url, redis_url = require_urls(settings)
+    pool = Pool(redis_url, namespace=settings.redis_namespace)
+    db = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        if sku is None:
+            skus = [r["sku"] for r in await db.fetch("SELECT sku FROM products ORDER BY sku")]
+        else:
+            skus = [sku] if await db.fetchval("SELECT 1 FROM products WHERE sku = $1", sku) else []
+        return {name: await rebuild(db, pool, name) for name in skus}
+    finally:
+        await db.close()

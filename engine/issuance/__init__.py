@@ -1,0 +1,1 @@
+"""The hot path: reserve in Redis (Rust pool), record in PostgreSQL (group commit), decrypt."""

@@ -1,0 +1,363 @@
+"""The issuance hot path.
+
+authenticate (api) -> idempotency -> visibility and price -> balance check -> take (Redis,
+Rust, coalesced) -> group commit (PostgreSQL) -> decrypt (Rust) -> respond.
+
+The pool holder of a request is derived from (agent, Idempotency-Key), so a retry takes
+the very same entries from Redis, and the unique (agent, Idempotency-Key) row in
+PostgreSQL turns the retry into a replay of the committed answer. Plaintext exists only
+after the commit (invariant 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from engine import audit
+from engine._core import (
+    CryptoError,
+    OutOfStock,
+    Overloaded,
+    Pool,
+    PoolUnavailable,
+)
+from engine.crypto.keyring import Keyring
+from engine.errors import CommonError, DomainError
+from engine.inventory.pools import ensure_present
+from engine.issuance.errors import IssuanceError
+from engine.issuance.recorder import GroupCommitRecorder, Outcome, PendingIssuance, Recorded
+from engine.issuance.terms import SaleTerms, TermsCache
+from engine.ledger.service import agent_account_code
+from engine.metrics import ISSUANCE_LATENCY, ISSUANCES
+from engine.principals import AgentKey
+
+log = structlog.get_logger(__name__)
+
+BALANCE_TTL_S = 1.0
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    code: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Issuance:
+    public_id: str
+    sku: str
+    quantity: int
+    amount: int
+    currency: str
+    reference: str | None
+    keys: list[IssuedKey]
+    created_at: datetime
+
+
+def holder_for(agent_id: int, idempotency_key: str) -> str:
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+    return f"iss:{agent_id}:{digest}"
+
+
+class BalanceCache:
+    """Each agent's spendable funds (balance + credit limit), refreshed at most every
+    second: a cheap pre-check so an agent without funds takes nothing from the pool. The
+    commit re-checks under a row lock; this only saves work."""
+
+    def __init__(self, ttl_s: float = BALANCE_TTL_S) -> None:
+        self._ttl_s = ttl_s
+        self._funds: dict[int, tuple[float, int]] = {}
+
+    async def spendable(self, db: asyncpg.Pool, agent_id: int) -> int:
+        now = time.monotonic()
+        cached = self._funds.get(agent_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        funds: int | None = await db.fetchval(
+            "SELECT a.credit_limit - acc.balance FROM agents a JOIN accounts acc "
+            "ON acc.code = $2 WHERE a.id = $1",
+            agent_id,
+            agent_account_code(agent_id),
+        )
+        spendable = funds or 0
+        self._funds[agent_id] = (now + self._ttl_s, spendable)
+        return spendable
+
+    def update(self, agent_id: int, spendable: int) -> None:
+        self._funds[agent_id] = (time.monotonic() + self._ttl_s, spendable)
+
+    def forget(self, agent_id: int) -> None:
+        self._funds.pop(agent_id, None)
+
+
+class IssuanceService:
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        pool: Pool,
+        keyring: Keyring,
+        *,
+        recorder: GroupCommitRecorder | None = None,
+        terms: TermsCache | None = None,
+        balances: BalanceCache | None = None,
+    ) -> None:
+        self._db = db
+        self._pool = pool
+        self._keyring = keyring
+        self._recorder = recorder or GroupCommitRecorder(db)
+        self._terms = terms or TermsCache()
+        self._balances = balances or BalanceCache()
+
+    @property
+    def balances(self) -> BalanceCache:
+        return self._balances
+
+    async def close(self) -> None:
+        await self._recorder.close()
+
+    async def issue(
+        self,
+        agent: AgentKey,
+        *,
+        sku: str,
+        quantity: int,
+        reference: str | None,
+        idempotency_key: str,
+        request_hash: bytes,
+    ) -> Issuance:
+        started = time.perf_counter()
+        result = "error"
+        try:
+            issuance = await self._issue(
+                agent, sku, quantity, reference, idempotency_key, request_hash
+            )
+        except DomainError as exc:
+            result = str(exc.code)
+            raise
+        else:
+            result = "issued"
+            return issuance
+        finally:
+            ISSUANCES.labels(result).inc()
+            ISSUANCE_LATENCY.observe(time.perf_counter() - started)
+
+    async def _issue(
+        self,
+        agent: AgentKey,
+        sku: str,
+        quantity: int,
+        reference: str | None,
+        idempotency_key: str,
+        request_hash: bytes,
+    ) -> Issuance:
+        terms = await self._terms.terms(self._db, agent.level_id, sku)
+        amount = terms.unit_price * quantity
+        if amount > 0 and await self._balances.spendable(self._db, agent.agent_id) < amount:
+            # A retry of a committed request must still replay, whatever the balance now.
+            replay = await self._stored(agent.agent_id, idempotency_key)
+            if replay is not None:
+                return await self._replay(agent.agent_id, replay, request_hash)
+            raise _insufficient(amount)
+
+        holder = holder_for(agent.agent_id, idempotency_key)
+        entries = await self._take(sku, holder, quantity)
+        pending = PendingIssuance(
+            agent_id=agent.agent_id,
+            api_key_id=agent.key_id,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            product_id=terms.product_id,
+            sku=sku,
+            unit_price=terms.unit_price,
+            currency=terms.currency,
+            reference=reference,
+            holder=holder,
+            entry_ids=[entry_id for entry_id, _ in entries],
+        )
+        try:
+            recorded = await self._recorder.record(pending)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            # Nothing was committed: the keys go back for the next buyer.
+            await self._give_back(sku, holder)
+            log.error("issuance_commit_failed", sku=sku, error=type(exc).__name__)
+            raise DomainError(
+                IssuanceError.DATABASE_UNAVAILABLE,
+                "The database is unavailable; nothing was issued. Retry shortly.",
+                retry_after=1,
+            ) from None
+        return await self._finish(agent, terms, holder, entries, pending, recorded)
+
+    async def _finish(
+        self,
+        agent: AgentKey,
+        terms: SaleTerms,
+        holder: str,
+        entries: list[tuple[int, bytes]],
+        pending: PendingIssuance,
+        recorded: Recorded,
+    ) -> Issuance:
+        if recorded.balance_after is not None:
+            self._balances.forget(agent.agent_id)
+        if recorded.outcome is Outcome.COMMITTED:
+            assert recorded.public_id is not None
+            assert recorded.created_at is not None
+            codes = self._decrypt(terms.sku, entries)
+            log.debug(
+                "issued",
+                issuance=recorded.public_id,
+                sku=terms.sku,
+                entry_ids=pending.entry_ids,
+                amount=pending.amount,
+            )
+            return Issuance(
+                public_id=recorded.public_id,
+                sku=terms.sku,
+                quantity=pending.quantity,
+                amount=pending.amount,
+                currency=terms.currency,
+                reference=pending.reference,
+                keys=[
+                    IssuedKey(code, recorded.expires_at.get(entry_id))
+                    for (entry_id, _), code in zip(entries, codes, strict=True)
+                ],
+                created_at=recorded.created_at,
+            )
+        if recorded.outcome is Outcome.INSUFFICIENT_BALANCE:
+            await self._give_back(terms.sku, holder)
+            raise _insufficient(pending.amount)
+        if recorded.outcome is Outcome.REPLAY:
+            stored = await self._stored(agent.agent_id, pending.idempotency_key)
+            if stored is None:  # pragma: no cover - the conflicting row cannot vanish
+                raise DomainError(CommonError.UNAVAILABLE, "Retry shortly.", retry_after=1)
+            stored_ids = await self._db.fetch(
+                "SELECT card_key_id FROM issuance_keys WHERE issuance_id = $1", stored
+            )
+            if {r["card_key_id"] for r in stored_ids} != set(pending.entry_ids):
+                # Redis had forgotten the first attempt, so this one took other entries;
+                # they were never committed and go back.
+                await self._give_back(terms.sku, holder)
+            return await self._replay(agent.agent_id, stored, pending.request_hash)
+        # Integrity alarm: some entries are issued already (Redis was rebuilt while they
+        # were in flight). They leave circulation; the rest go back, and a retry with the
+        # same Idempotency-Key takes fresh entries.
+        await self._give_back(terms.sku, holder, drop=recorded.unavailable)
+        raise DomainError(
+            IssuanceError.INTEGRITY_ALARM,
+            "Issuance refused by an integrity check; nothing was delivered or charged.",
+            retry_after=1,
+        )
+
+    async def _take(self, sku: str, holder: str, quantity: int) -> list[tuple[int, bytes]]:
+        for attempt in (1, 2):
+            try:
+                return await self._pool.take(sku, holder, quantity)
+            except OutOfStock:
+                # An empty pool may be a lost one (Redis flushed or replaced): rebuild it
+                # from PostgreSQL once before saying no.
+                if attempt == 2 or not await ensure_present(self._db, self._pool, sku):
+                    raise DomainError(
+                        IssuanceError.OUT_OF_STOCK,
+                        f"Not enough stock of {sku} for {quantity}; nothing was issued.",
+                    ) from None
+            except PoolUnavailable:
+                raise DomainError(
+                    IssuanceError.POOL_UNAVAILABLE,
+                    "The key pool is unavailable; nothing was issued. Retry shortly.",
+                    retry_after=1,
+                ) from None
+            except Overloaded:
+                raise DomainError(
+                    IssuanceError.OVERLOADED,
+                    "Too many requests are waiting for this product; retry shortly.",
+                    retry_after=1,
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _give_back(self, sku: str, holder: str, drop: Iterable[int] = ()) -> None:
+        try:
+            await self._pool.restore(sku, holder, drop=list(drop))
+        except Exception as exc:
+            log.warning("pool_restore_failed", sku=sku, error=type(exc).__name__)
+
+    def _decrypt(self, sku: str, entries: list[tuple[int, bytes]]) -> list[str]:
+        try:
+            return self._keyring.cipher.decrypt_many(sku, entries)
+        except CryptoError:
+            log.error("decrypt_failed", sku=sku, entry_ids=[e for e, _ in entries])
+            raise DomainError(
+                IssuanceError.INTEGRITY_ALARM,
+                "Issued keys could not be decrypted; the operator has been alerted.",
+            ) from None
+
+    async def _stored(self, agent_id: int, idempotency_key: str) -> int | None:
+        issuance_id: int | None = await self._db.fetchval(
+            "SELECT id FROM issuances WHERE agent_id = $1 AND idempotency_key = $2",
+            agent_id,
+            idempotency_key,
+        )
+        return issuance_id
+
+    async def _replay(self, agent_id: int, issuance_id: int, request_hash: bytes) -> Issuance:
+        row = await self._db.fetchrow(
+            "SELECT request_hash FROM issuances WHERE id = $1", issuance_id
+        )
+        assert row is not None
+        if row["request_hash"] != request_hash:
+            raise DomainError(
+                CommonError.IDEMPOTENCY_CONFLICT,
+                "This Idempotency-Key was used with a different request.",
+            )
+        return await self._load(agent_id, issuance_id)
+
+    async def reveal(self, agent_id: int, public_id: str, actor: str) -> Issuance:
+        """An issuance with its keys, for its owner only; every reveal is audited."""
+        issuance_id: int | None = await self._db.fetchval(
+            "SELECT id FROM issuances WHERE public_id = $1 AND agent_id = $2", public_id, agent_id
+        )
+        if issuance_id is None:
+            raise DomainError(IssuanceError.ISSUANCE_NOT_FOUND, "No such issuance.")
+        issuance = await self._load(agent_id, issuance_id)
+        async with self._db.acquire() as conn:
+            await audit.record(conn, actor, "issuance.revealed", f"issuance:{public_id}")
+        return issuance
+
+    async def _load(self, agent_id: int, issuance_id: int) -> Issuance:
+        row = await self._db.fetchrow(
+            "SELECT public_id, sku, quantity, amount, currency, reference, created_at "
+            "FROM issuances WHERE id = $1 AND agent_id = $2",
+            issuance_id,
+            agent_id,
+        )
+        if row is None:
+            raise DomainError(IssuanceError.ISSUANCE_NOT_FOUND, "No such issuance.")
+        keys = await self._db.fetch(
+            "SELECT k.id, k.ciphertext, b.expires_at FROM issuance_keys ik "
+            "JOIN card_keys k ON k.id = ik.card_key_id JOIN batches b ON b.id = k.batch_id "
+            "WHERE ik.issuance_id = $1 ORDER BY ik.position",
+            issuance_id,
+        )
+        codes = self._decrypt(row["sku"], [(k["id"], k["ciphertext"]) for k in keys])
+        return Issuance(
+            public_id=row["public_id"],
+            sku=row["sku"],
+            quantity=row["quantity"],
+            amount=row["amount"],
+            currency=row["currency"],
+            reference=row["reference"],
+            keys=[IssuedKey(code, k["expires_at"]) for code, k in zip(codes, keys, strict=True)],
+            created_at=row["created_at"],
+        )
+
+
+def _insufficient(amount: int) -> DomainError:
+    return DomainError(
+        IssuanceError.INSUFFICIENT_BALANCE,
+        f"The balance does not cover {amount}; nothing was issued or charged.",
+    )

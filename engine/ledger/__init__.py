@@ -1,0 +1,1 @@
+"""Double-entry ledger in integer minor units: accounts, immutable journal entries."""

@@ -1,0 +1,1 @@
+"""Storage: PostgreSQL (the source of truth), Redis/Valkey, the embedded default, migrations."""

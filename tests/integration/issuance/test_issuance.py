@@ -1,0 +1,189 @@
+"""POST /v1/issuances against real PostgreSQL and Redis, through the real application."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import httpx
+
+from tests.integration.issuance.conftest import Shop, make_shop
+
+
+async def test_issue_one_key(shop: Shop) -> None:
+    response = await shop.issue(1)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["id"].startswith("iss_")
+    assert (body["sku"], body["quantity"], body["amount"], body["currency"]) == (
+        shop.sku,
+        1,
+        shop.price,
+        "CNY",
+    )
+    assert len(body["keys"]) == 1
+    assert body["keys"][0]["code"] in shop.codes
+    assert await shop.balance() == 1_000_000 - shop.price
+    assert await shop.stock() == {"available": 49, "held": 0, "issued": 1}
+
+    again = await shop.client.get(f"/v1/issuances/{body['id']}", headers=shop.agent())
+    assert again.status_code == 200
+    assert again.json() == body
+
+
+async def test_keys_are_handed_out_in_import_order_and_never_twice(shop: Shop) -> None:
+    got: list[str] = []
+    for _ in range(5):
+        response = await shop.issue(3)
+        assert response.status_code == 201
+        got += [k["code"] for k in response.json()["keys"]]
+    assert len(set(got)) == 15
+    assert set(got) <= set(shop.codes)
+
+
+async def test_replay_returns_the_same_response(shop: Shop) -> None:
+    first = await shop.issue(2, key="order-42")
+    second = await shop.issue(2, key="order-42")
+    assert first.status_code == second.status_code == 201
+    assert first.content == second.content
+    assert await shop.balance() == 1_000_000 - 2 * shop.price
+    assert (await shop.stock())["issued"] == 2
+
+
+async def test_same_key_different_body_is_a_conflict(shop: Shop) -> None:
+    assert (await shop.issue(1, key="order-7")).status_code == 201
+    conflict = await shop.issue(3, key="order-7")
+    assert conflict.status_code == 409
+    assert conflict.json()["code"] == "idempotency_conflict"
+    assert (await shop.stock())["issued"] == 1
+    assert await shop.balance() == 1_000_000 - shop.price
+
+
+async def test_concurrent_requests_with_one_key_issue_once(shop: Shop) -> None:
+    responses = await asyncio.gather(*(shop.issue(2, key="burst") for _ in range(20)))
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.content for r in responses}) == 1
+    assert (await shop.stock())["issued"] == 2
+    assert await shop.balance() == 1_000_000 - 2 * shop.price
+
+
+async def test_quantity_bounds_and_out_of_stock(shop: Shop) -> None:
+    for bad in (0, 101, -1):
+        response = await shop.issue(bad)
+        assert (response.status_code, response.json()["code"]) == (422, "invalid_request")
+    response = await shop.issue(51)
+    assert (response.status_code, response.json()["code"]) == (409, "out_of_stock")
+    assert await shop.balance() == 1_000_000
+    assert (await shop.stock())["available"] == 50
+
+
+async def test_more_than_available_is_out_of_stock(
+    app_client: httpx.AsyncClient, operator_token: str
+) -> None:
+    small = await make_shop(app_client, operator_token, keys=3)
+    response = await small.issue(4)
+    assert response.status_code == 409
+    assert response.json()["code"] == "out_of_stock"
+    assert await small.balance() == 1_000_000
+    assert await small.stock() == {"available": 3, "held": 0, "issued": 0}
+    assert (await small.issue(3)).status_code == 201
+
+
+async def test_insufficient_balance_is_402_and_takes_nothing(
+    app_client: httpx.AsyncClient, operator_token: str
+) -> None:
+    poor = await make_shop(app_client, operator_token, keys=5, deposit=2000, price=1500)
+    assert (await poor.issue(1)).status_code == 201
+    response = await poor.issue(1)
+    assert response.status_code == 402
+    assert response.json()["code"] == "insufficient_balance"
+    assert await poor.balance() == 500
+    assert await poor.stock() == {"available": 4, "held": 0, "issued": 1}
+
+
+async def test_credit_limit_allows_a_negative_balance_down_to_it(
+    app_client: httpx.AsyncClient, operator_token: str
+) -> None:
+    credit = await make_shop(app_client, operator_token, keys=5, deposit=0, credit_limit=3000)
+    assert (await credit.issue(2)).status_code == 201
+    assert await credit.balance() == -3000
+    assert (await credit.issue(1)).status_code == 402
+
+
+async def test_idempotency_key_is_required(shop: Shop) -> None:
+    response = await shop.client.post(
+        "/v1/issuances", json={"sku": shop.sku, "quantity": 1}, headers=shop.agent()
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "idempotency_key_required"
+
+
+async def test_operators_cannot_issue_and_strangers_cannot_read(shop: Shop) -> None:
+    as_operator = await shop.client.post(
+        "/v1/issuances",
+        json={"sku": shop.sku, "quantity": 1},
+        headers={**shop.operator, "Idempotency-Key": "x"},
+    )
+    assert as_operator.status_code == 403
+    issued = (await shop.issue(1)).json()
+    other = await make_shop(shop.client, shop.operator["Authorization"].split()[1], keys=1)
+    stranger = await shop.client.get(f"/v1/issuances/{issued['id']}", headers=other.agent())
+    assert stranger.status_code == 404
+
+
+async def test_unknown_and_invisible_products(
+    app_client: httpx.AsyncClient, operator_token: str, shop: Shop
+) -> None:
+    missing = await shop.issue(1, sku="NO-SUCH-SKU")
+    assert (missing.status_code, missing.json()["code"]) == (404, "product_not_found")
+
+    operator = {"Authorization": f"Bearer {operator_token}"}
+    level = await app_client.post(
+        "/v1/agent-levels",
+        json={"name": "narrow", "rank": 0, "visible_skus": []},
+        headers=operator,
+    )
+    agent = await app_client.post(
+        "/v1/agents", json={"name": "narrow", "level_id": level.json()["id"]}, headers=operator
+    )
+    key = (
+        await app_client.post(f"/v1/agents/{agent.json()['id']}/api-keys", headers=operator)
+    ).json()["key"]
+    hidden = await app_client.post(
+        "/v1/issuances",
+        json={"sku": shop.sku, "quantity": 1},
+        headers={"Authorization": f"Bearer {key}", "Idempotency-Key": "k"},
+    )
+    assert (hidden.status_code, hidden.json()["code"]) == (403, "product_not_visible")
+
+
+async def test_concurrent_flash_sale_never_oversells(
+    app_client: httpx.AsyncClient, operator_token: str, database_url: str
+) -> None:
+    sale = await make_shop(app_client, operator_token, keys=150, price=100)
+    responses = await asyncio.gather(*(sale.issue(1) for _ in range(220)))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(201) == 150
+    assert statuses.count(409) == 70
+    codes = [r.json()["keys"][0]["code"] for r in responses if r.status_code == 201]
+    assert len(set(codes)) == 150
+    assert set(codes) == set(sale.codes)
+    assert await sale.balance() == 1_000_000 - 150 * 100
+    conn = await asyncpg.connect(database_url)
+    try:
+        issued = await conn.fetchval(
+            "SELECT count(*) FROM issuance_keys ik JOIN issuances i ON i.id = ik.issuance_id "
+            "WHERE i.sku = $1",
+            sale.sku,
+        )
+        debits = await conn.fetchval(
+            "SELECT coalesce(sum(amount), 0) FROM journal_lines l JOIN accounts a "
+            "ON a.id = l.account_id WHERE a.agent_id = $1 AND l.amount > 0",
+            sale.agent_id,
+        )
+    finally:
+        await conn.close()
+    assert issued == 150
+    assert debits == 150 * 100
+    trial = (await app_client.get("/v1/ledger/trial-balance", headers=sale.operator)).json()
+    assert trial["balanced"] is True
