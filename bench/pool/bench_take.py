@@ -144,7 +144,7 @@ async def main() -> None:
         print(f"redis-py asyncio EVALSHA   : {py:,.0f} takes/s  (ratio {rust / py:.1f}x)")
         if rb is not None:
             print(f"redis-benchmark EVALSHA    : {rb:,.0f} takes/s  (ratio {rust / rb:.2f}x)")
-        print(f"stock RUST: {await pool.stock('RUST')}")
+        print(f"stock RUST: {await pool.stock('RUST')}, RB: {await pool.stock('RB')}")
     finally:
         for sku in ("RUST", "PY", "RB"):
             await pool.drain(sku)
