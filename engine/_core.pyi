@@ -219,7 +219,8 @@ class Pool:
     ``cluster=True`` it may be a list of seed URLs. ``shards`` splits each pool over that many
     hash tags ``{namespace:pool:SKU:N}`` (cluster slots). ``timeout_ms`` bounds connecting and
     each Redis reply (``PoolUnavailable`` after it). Issued holders are remembered for
-    ``issued_ttl_ms`` so a retried ``take``/``confirm`` returns the same entries.
+    ``issued_ttl_ms`` to twice that (records rotate in two generations), so a retried
+    ``take``/``confirm`` returns the same entries.
 
     The I/O methods return an ``asyncio.Future``: call them from a running event loop and
     await the result (wrap in a coroutine for ``asyncio.create_task``).
@@ -251,7 +252,12 @@ class Pool:
     def load(
         self, sku: str, entries: Sequence[tuple[int, bytes, int]], *, batch: int = 0
     ) -> Future[int]:
-        """Add ``(entry_id, ciphertext, priority)`` entries of ``batch``; returns the new count."""
+        """Add ``(entry_id, ciphertext, priority)`` entries of ``batch``; returns the new count.
+
+        Lower priority is taken first. Idempotent per entry id: each (priority, batch)
+        bucket remembers the highest id it received and skips ids not above it, so load a
+        bucket's entries in increasing id order across calls. Ids and priorities < 2**53.
+        """
     def reserve(
         self, sku: str, holder: str, quantity: int, ttl_ms: int, *, batch: int | None = None
     ) -> Future[list[tuple[int, bytes]]]:
@@ -263,7 +269,11 @@ class Pool:
     def take(
         self, sku: str, holder: str, quantity: int, *, batch: int | None = None
     ) -> Future[list[tuple[int, bytes]]]:
-        """Reserve and confirm in one script call (prepaid issuance)."""
+        """Reserve and confirm in one script call (prepaid issuance).
+
+        A retry by the same holder returns the same entries. With ``shards > 1`` the
+        holder's shards are tried in an order fixed by its hash; one shard serves a request.
+        """
     def take_many(
         self, requests: Sequence[tuple[str, int]], holder: str
     ) -> Future[dict[str, list[tuple[int, bytes]]]]:

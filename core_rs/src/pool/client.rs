@@ -47,7 +47,8 @@ pub struct PoolConfig {
     pub max_queue: usize,
     /// Connect and response timeout of each Redis call.
     pub timeout: Duration,
-    /// How long an issued holder's entries are kept to answer retried take/confirm.
+    /// How long an issued holder's entries are kept to answer retried take/confirm: between
+    /// this and twice this (two generations of records, see `lua/lib.lua`).
     pub issued_ttl_ms: u64,
 }
 

@@ -74,7 +74,8 @@ enum Urls {
 /// ``cluster=True`` it may be a list of seed URLs. ``shards`` splits each pool over that many
 /// hash tags ``{namespace:pool:SKU:N}`` (cluster slots). ``timeout_ms`` bounds connecting and
 /// each Redis reply (``PoolUnavailable`` after it). Issued holders are remembered for
-/// ``issued_ttl_ms`` so a retried ``take``/``confirm`` returns the same entries.
+/// ``issued_ttl_ms`` to twice that (records rotate in two generations), so a retried
+/// ``take``/``confirm`` returns the same entries.
 #[pyclass(module = "engine._core", name = "Pool", frozen)]
 pub struct PyPool {
     pool: Arc<Pool>,
