@@ -30,7 +30,8 @@ class InventoryError(StrEnum):
 
 
 class Readable(Protocol):
-    filename: str | None
+    @property
+    def filename(self) -> str | None: ...
 
     async def read(self, size: int = -1) -> bytes: ...
 
