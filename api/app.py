@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from api import problems
 from api.middleware import RequestContextMiddleware
 from api.routers import catalog, distribution, issuance, ledger, ops
-from engine import __version__
+from engine import __version__, idempotency
 from engine.crypto.keyring import load_keyring
 from engine.issuance.reconciler import Reconciler
 from engine.issuance.service import IssuanceService
@@ -45,13 +45,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with runtime.db.acquire() as conn:
             app.state.keyring = await load_keyring(conn, runtime.master_key)
         app.state.issuance = IssuanceService(runtime.db, runtime.pool, app.state.keyring)
-        reconciler = asyncio.create_task(Reconciler(runtime.db, runtime.pool).run_forever())
+        background = [
+            asyncio.create_task(Reconciler(runtime.db, runtime.pool).run_forever()),
+            asyncio.create_task(idempotency.sweep_forever(runtime.db)),
+        ]
         log.info("worker_started", pid=os.getpid(), version=__version__)
         try:
             yield
         finally:
-            reconciler.cancel()
-            await asyncio.gather(reconciler, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await app.state.issuance.close()
             await runtime.close()
 

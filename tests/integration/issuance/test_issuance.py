@@ -187,3 +187,34 @@ async def test_concurrent_flash_sale_never_oversells(
     assert debits == 150 * 100
     trial = (await app_client.get("/v1/ledger/trial-balance", headers=sale.operator)).json()
     assert trial["balanced"] is True
+
+
+async def test_metrics_show_issuance_results_flushes_and_stock(shop: Shop) -> None:
+    assert (await shop.issue(2)).status_code == 201
+    assert (await shop.issue(60)).status_code == 409
+    text = (await shop.client.get("/metrics")).text
+    assert f'kami_stock_available{{sku="{shop.sku}"}} 48.0' in text
+    assert f'kami_stock_issued{{sku="{shop.sku}"}} 2.0' in text
+    assert 'kami_issuance_total{result="issued"}' in text
+    assert 'kami_issuance_total{result="out_of_stock"}' in text
+    assert "kami_batcher_flush_size_bucket" in text
+    assert "kami_issuance_duration_seconds_bucket" in text
+    for code in shop.codes:
+        assert code not in text
+
+
+async def test_every_reveal_is_audited(shop: Shop, database_url: str) -> None:
+    issued = (await shop.issue(1)).json()
+    for _ in range(2):
+        assert (
+            await shop.client.get(f"/v1/issuances/{issued['id']}", headers=shop.agent())
+        ).status_code == 200
+    conn = await asyncpg.connect(database_url)
+    try:
+        reveals = await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE action = 'issuance.revealed' AND subject = $1",
+            f"issuance:{issued['id']}",
+        )
+    finally:
+        await conn.close()
+    assert reveals == 2
