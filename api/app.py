@@ -7,13 +7,16 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from api import problems
 from api.middleware import RequestContextMiddleware
 from api.routers import catalog, distribution, issuance, ledger, ops
+from api.schemas import PROBLEM_RESPONSES
 from engine import __version__, idempotency
 from engine.crypto.keyring import load_keyring
 from engine.issuance.reconciler import Reconciler
@@ -68,9 +71,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     problems.install(app)
     app.include_router(ops.router)
-    app.include_router(catalog.router)
-    app.include_router(distribution.router)
-    app.include_router(ledger.router)
-    app.include_router(issuance.router)
+    for router in (catalog.router, distribution.router, ledger.router, issuance.router):
+        app.include_router(router, responses=PROBLEM_RESPONSES)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema, with error bodies declared as application/problem+json (as
+    they are sent) and FastAPI's own validation-error shape replaced by ours."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if status[0] in "45" and "application/json" in content:
+                    response["content"] = {"application/problem+json": content["application/json"]}
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+    app.openapi_schema = schema
+    return schema
