@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import problems
-from api.middleware import RequestContextMiddleware
+from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.routers import catalog, distribution, issuance, ledger, ops
 from api.schemas import PROBLEM_RESPONSES
 from engine import __version__, idempotency
@@ -27,6 +27,10 @@ from engine.runtime import Runtime
 from engine.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# 200,000 codes of JSON fit in 32 MiB; files stream to disk, but not without bound.
+JSON_BODY_LIMIT = 32 << 20
+UPLOAD_BODY_LIMIT = 512 << 20
 
 DESCRIPTION = """\
 Kami issues card keys (卡密), links and top-ups exactly once, durably, in milliseconds.
@@ -74,6 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (catalog.router, distribution.router, ledger.router, issuance.router):
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    # Outermost last: request ids and metrics see the 413s too.
+    app.add_middleware(
+        BodyLimitMiddleware, json_limit=JSON_BODY_LIMIT, upload_limit=UPLOAD_BODY_LIMIT
+    )
     app.add_middleware(RequestContextMiddleware)
     return app
 

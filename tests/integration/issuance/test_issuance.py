@@ -6,6 +6,7 @@ import asyncio
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.integration.issuance.conftest import Shop, make_shop
 
@@ -218,3 +219,49 @@ async def test_every_reveal_is_audited(shop: Shop, database_url: str) -> None:
     finally:
         await conn.close()
     assert reveals == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b'{"sku": ', 400, "malformed_request"),
+        (b"[]", 422, "invalid_request"),
+        (b'{"sku": "A\\u0000B", "quantity": 1}', 422, "invalid_request"),
+        (b'{"sku": "X", "quantity": -1}', 422, "invalid_request"),
+        (b'{"sku": "X", "quantity": 1e100}', 422, "invalid_request"),
+        (b'{"sku": "X", "quantity": 99999999999999999999999}', 422, "invalid_request"),
+        (b'{"sku": "X", "quantity": "1"}', 422, "invalid_request"),
+        (b'{"sku": "X", "quantity": true}', 422, "invalid_request"),
+        (b'{"sku": ["X"], "quantity": 1}', 422, "invalid_request"),
+        (
+            b'{"sku": "X", "quantity": 1, "reference": "' + b"r" * 5000 + b'"}',
+            422,
+            "invalid_request",
+        ),
+        (b'{"sku": "' + b"S" * 100_000 + b'", "quantity": 1}', 422, "invalid_request"),
+        (b"\xff\xfe not even utf-8", 400, "malformed_request"),
+    ],
+)
+async def test_bad_issuance_bodies_are_refused_and_change_nothing(
+    shop: Shop, body: bytes, status: int, code: str
+) -> None:
+    response = await shop.client.post(
+        "/v1/issuances",
+        content=body,
+        headers={**shop.agent(), "Idempotency-Key": "bad", "Content-Type": "application/json"},
+    )
+    assert (response.status_code, response.json()["code"]) == (status, code)
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert await shop.balance() == 1_000_000
+    assert (await shop.stock())["issued"] == 0
+
+
+async def test_a_body_over_the_limit_is_413(shop: Shop) -> None:
+    huge = b'{"codes": ["' + b"A" * (33 << 20) + b'"]}'
+    response = await shop.client.post(
+        f"/v1/products/{shop.sku}/batches",
+        content=huge,
+        headers={**shop.operator, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
