@@ -224,8 +224,10 @@ def serve(
     ] = None,
     demo: Annotated[bool, typer.Option(help="Seed the demo on first start.")] = True,
 ) -> None:
-    """Start Kami. Without KAMI_DATABASE_URL / KAMI_REDIS_URL it starts an embedded
-    PostgreSQL and Valkey under the data dir, and stops them on exit."""
+    """Start Kami (embedded PostgreSQL + Valkey unless KAMI_DATABASE_URL/KAMI_REDIS_URL).
+
+    Without the URLs, the embedded servers run under the data dir and stop on exit.
+    """
     settings = load_settings(
         logs_to_stdout=True, host=host, port=port, workers=workers, data_dir=data_dir
     )
@@ -261,8 +263,10 @@ def db_migrate(
 def demo_command(
     data_dir: Annotated[Path | None, typer.Option(help="Embedded data dir.")] = None,
 ) -> None:
-    """Seed the demo (product DEMO-VIP-MONTH, 1,000 keys, a funded demo agent) if absent,
-    and print a fresh API key for the demo agent."""
+    """Seed the demo if absent and print a fresh API key for the demo agent.
+
+    The demo: product DEMO-VIP-MONTH with 1,000 keys, a level, a funded demo agent.
+    """
     from engine.demo import new_demo_api_key
 
     settings = load_settings(data_dir=data_dir)
@@ -290,8 +294,11 @@ def import_command(
     column: Annotated[int | None, typer.Option(min=0, help="CSV column (0-based).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Embedded data dir.")] = None,
 ) -> None:
-    """Import a key file: parsed and encrypted as it streams, duplicates skipped, loaded in
-    one transaction (all or nothing), then made available in the pool."""
+    """Import a key file (TXT, CSV or XLSX) into a product's inventory.
+
+    Parsed and encrypted as it streams, duplicates skipped, loaded in one transaction
+    (all or nothing), then made available in the pool.
+    """
     from engine import EngineError
     from engine.errors import DomainError
     from engine.inventory.importer import import_file
