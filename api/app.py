@@ -7,14 +7,17 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from api import problems
-from api.middleware import RequestContextMiddleware
+from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.routers import catalog, distribution, issuance, ledger, ops
-from engine import __version__
+from api.schemas import PROBLEM_RESPONSES
+from engine import __version__, idempotency
 from engine.crypto.keyring import load_keyring
 from engine.issuance.reconciler import Reconciler
 from engine.issuance.service import IssuanceService
@@ -24,6 +27,10 @@ from engine.runtime import Runtime
 from engine.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# 200,000 codes of JSON fit in 32 MiB; files stream to disk, but not without bound.
+JSON_BODY_LIMIT = 32 << 20
+UPLOAD_BODY_LIMIT = 512 << 20
 
 DESCRIPTION = """\
 Kami issues card keys (卡密), links and top-ups exactly once, durably, in milliseconds.
@@ -45,13 +52,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with runtime.db.acquire() as conn:
             app.state.keyring = await load_keyring(conn, runtime.master_key)
         app.state.issuance = IssuanceService(runtime.db, runtime.pool, app.state.keyring)
-        reconciler = asyncio.create_task(Reconciler(runtime.db, runtime.pool).run_forever())
+        background = [
+            asyncio.create_task(Reconciler(runtime.db, runtime.pool).run_forever()),
+            asyncio.create_task(idempotency.sweep_forever(runtime.db)),
+        ]
         log.info("worker_started", pid=os.getpid(), version=__version__)
         try:
             yield
         finally:
-            reconciler.cancel()
-            await asyncio.gather(reconciler, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await app.state.issuance.close()
             await runtime.close()
 
@@ -64,9 +75,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     problems.install(app)
     app.include_router(ops.router)
-    app.include_router(catalog.router)
-    app.include_router(distribution.router)
-    app.include_router(ledger.router)
-    app.include_router(issuance.router)
+    for router in (catalog.router, distribution.router, ledger.router, issuance.router):
+        app.include_router(router, responses=PROBLEM_RESPONSES)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    # Outermost last: request ids and metrics see the 413s too.
+    app.add_middleware(
+        BodyLimitMiddleware, json_limit=JSON_BODY_LIMIT, upload_limit=UPLOAD_BODY_LIMIT
+    )
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema, with error bodies declared as application/problem+json (as
+    they are sent) and FastAPI's own validation-error shape replaced by ours."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if status[0] in "45" and "application/json" in content:
+                    response["content"] = {"application/problem+json": content["application/json"]}
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+    app.openapi_schema = schema
+    return schema

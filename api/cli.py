@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -37,7 +38,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(*, logs_to_stdout: bool = False, **overrides: Any) -> Settings:
+    """Settings from the environment and the command's options. Commands other than
+    `serve` log to stderr, so what they print on stdout is only their result."""
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -46,16 +49,22 @@ def load_settings(**overrides: Any) -> Settings:
         name = f"KAMI_{field.upper()}" if field else "settings"
         reason = first["msg"].removeprefix("Value error, ")
         fail(f"invalid setting {name}: {reason}", code=2)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(
+        settings.log_level, settings.log_format, None if logs_to_stdout else sys.stderr
+    )
     return settings
 
 
 @contextlib.contextmanager
-def stores_for(settings: Settings) -> Iterator[Settings]:
+def stores_for(settings: Settings, *, attach: bool = False) -> Iterator[Settings]:
     """Yield settings whose URLs point at running stores, starting the embedded ones
-    that are not configured, and stopping them on exit."""
+    that are not configured, and stopping them on exit.
+
+    With `attach`, a data dir owned by a running `kami serve` is used through that
+    server's embedded stores instead of being refused (for `kami import`, `kami demo`...).
+    """
     from engine.bootstrap import ensure_master_key
-    from engine.storage.embedded import EmbeddedError, EmbeddedStores
+    from engine.storage.embedded import DataDirInUse, EmbeddedError, EmbeddedStores, attached
 
     if settings.database_url is not None and settings.redis_url is not None:
         yield settings
@@ -65,8 +74,14 @@ def stores_for(settings: Settings) -> Iterator[Settings]:
         postgres=settings.database_url is None,
         valkey=settings.redis_url is None,
     )
+    owned = True
     try:
         stores.start()
+    except DataDirInUse as exc:
+        running = attached(Path(settings.data_dir)) if attach else None
+        if running is None:
+            fail(str(exc))
+        stores, owned = running, False
     except EmbeddedError as exc:
         fail(str(exc))
     try:
@@ -87,7 +102,8 @@ def stores_for(settings: Settings) -> Iterator[Settings]:
         )
         yield resolved
     finally:
-        stores.stop()
+        if owned:
+            stores.stop()
 
 
 def _secret(value: str | None) -> Any:
@@ -208,9 +224,13 @@ def serve(
     ] = None,
     demo: Annotated[bool, typer.Option(help="Seed the demo on first start.")] = True,
 ) -> None:
-    """Start Kami. Without KAMI_DATABASE_URL / KAMI_REDIS_URL it starts an embedded
-    PostgreSQL and Valkey under the data dir, and stops them on exit."""
-    settings = load_settings(host=host, port=port, workers=workers, data_dir=data_dir)
+    """Start Kami (embedded PostgreSQL + Valkey unless KAMI_DATABASE_URL/KAMI_REDIS_URL).
+
+    Without the URLs, the embedded servers run under the data dir and stop on exit.
+    """
+    settings = load_settings(
+        logs_to_stdout=True, host=host, port=port, workers=workers, data_dir=data_dir
+    )
     embedded = settings.database_url is None or settings.redis_url is None
     _prepare_metrics_dir(settings)
     with stores_for(settings) as resolved:
@@ -243,16 +263,91 @@ def db_migrate(
 def demo_command(
     data_dir: Annotated[Path | None, typer.Option(help="Embedded data dir.")] = None,
 ) -> None:
-    """Seed the demo (product DEMO-VIP-MONTH, 1,000 keys, a funded demo agent) if absent,
-    and print a fresh API key for the demo agent."""
+    """Seed the demo if absent and print a fresh API key for the demo agent.
+
+    The demo: product DEMO-VIP-MONTH with 1,000 keys, a level, a funded demo agent.
+    """
     from engine.demo import new_demo_api_key
 
     settings = load_settings(data_dir=data_dir)
-    with stores_for(settings) as resolved:
+    with stores_for(settings, attach=True) as resolved:
         _run_bootstrap(resolved, seed_demo=True)
         assert resolved.database_url is not None
         key = asyncio.run(new_demo_api_key(resolved.database_url.get_secret_value()))
     typer.echo(f"demo API key: {key}")
+
+
+@app.command("import")
+def import_command(
+    sku: Annotated[str, typer.Argument(help="The product to add keys to.")],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="TXT, CSV or XLSX.")
+    ],
+    batch: Annotated[str, typer.Option(help="Batch name (default: the file name).")] = "",
+    expires: Annotated[
+        datetime | None, typer.Option(help="When the keys expire (ISO 8601).")
+    ] = None,
+    unit_cost: Annotated[int, typer.Option(min=0, help="Cost per key in minor units.")] = 0,
+    file_format: Annotated[
+        str | None, typer.Option("--format", help="txt, csv or xlsx (default: by extension).")
+    ] = None,
+    column: Annotated[int | None, typer.Option(min=0, help="CSV column (0-based).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Embedded data dir.")] = None,
+) -> None:
+    """Import a key file (TXT, CSV or XLSX) into a product's inventory.
+
+    Parsed and encrypted as it streams, duplicates skipped, loaded in one transaction
+    (all or nothing), then made available in the pool.
+    """
+    from engine import EngineError
+    from engine.errors import DomainError
+    from engine.inventory.importer import import_file
+
+    settings = load_settings(data_dir=data_dir)
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    size = file.stat().st_size
+    with stores_for(settings, attach=True) as resolved:
+        _run_bootstrap(resolved, seed_demo=False)
+        assert resolved.database_url is not None
+        assert resolved.redis_url is not None
+        assert resolved.master_key is not None
+        from engine.settings import decode_master_key
+
+        with typer.progressbar(length=size, label=f"importing {file.name}", file=sys.stderr) as bar:
+            try:
+                report = asyncio.run(
+                    import_file(
+                        resolved.database_url.get_secret_value(),
+                        resolved.redis_url.get_secret_value(),
+                        resolved.redis_namespace,
+                        decode_master_key(resolved.master_key.get_secret_value()),
+                        sku=sku,
+                        path=file,
+                        name=batch,
+                        expires_at=expires,
+                        unit_cost=unit_cost,
+                        file_format=file_format,
+                        column=column,
+                        on_read=bar.update,
+                    )
+                )
+            except DomainError as exc:
+                fail(f"{exc.code}: {exc.detail}")
+            except EngineError as exc:
+                fail(
+                    f"the batch was saved but the pool could not be loaded ({exc}); "
+                    "run `kami pools rebuild` once Redis answers"
+                )
+    result = report.batch
+    typer.echo(
+        f"batch {result.batch_id}: {result.accepted} accepted, {result.duplicates} duplicates, "
+        f"{result.rejected} rejected"
+    )
+    for row, reason in report.rejected_rows[:20]:
+        typer.echo(f"  row {row}: {reason}")
+    if len(report.rejected_rows) > 20:
+        typer.echo(f"  … and {len(report.rejected_rows) - 20} more rejected rows")
 
 
 @pools_app.command("rebuild")
@@ -267,7 +362,7 @@ def pools_rebuild(
     from engine.inventory.pools import rebuild_all
 
     settings = load_settings(data_dir=data_dir)
-    with stores_for(settings) as resolved:
+    with stores_for(settings, attach=True) as resolved:
         _run_bootstrap(resolved, seed_demo=False)
         try:
             counts = asyncio.run(rebuild_all(resolved, sku))

@@ -9,13 +9,16 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import orjson
+import redis.exceptions
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from engine import EngineError, Overloaded, PoolUnavailable
 from engine.errors import CommonError, DomainError
 
 log = structlog.get_logger(__name__)
@@ -159,6 +162,43 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     )
 
 
+# Connection-level failures of a store: the request did nothing durable; retry later.
+STORE_FAILURES: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+async def _store_unavailable(_request: Request, exc: Exception) -> Response:
+    log.warning("store_unavailable", error=type(exc).__name__)
+    return problem(
+        503,
+        CommonError.UNAVAILABLE,
+        "A data store is unavailable; nothing was changed. Retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _engine_error(_request: Request, exc: Exception) -> Response:
+    # Rust core errors that reach here unhandled: connection trouble is retryable, the
+    # rest is an integrity problem that must not look like success.
+    if isinstance(exc, PoolUnavailable | Overloaded):
+        return problem(
+            503,
+            "pool_unavailable",
+            "The key pool is unavailable; nothing was issued. Retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    log.error("engine_error", error=type(exc).__name__)
+    return problem(503, "integrity_alarm", "The request was refused by an integrity check.")
+
+
 async def _unexpected_error(_request: Request, exc: Exception) -> Response:
     # Reaching here is a bug; the request id ties the client's report to this log line.
     log.exception("unhandled_error", error_type=type(exc).__name__)
@@ -169,4 +209,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(EngineError, _engine_error)
+    for failure in STORE_FAILURES:
+        app.add_exception_handler(failure, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -7,7 +7,7 @@ and refuse unknown fields, so a typo is a 422 rather than a silently ignored fie
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -156,3 +156,35 @@ class IssuancePublic(BaseModel):
     reference: str | None
     keys: list[IssuedKeyPublic]
     created_at: datetime
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document; `code` is stable and machine-readable."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+    model_config = ConfigDict(extra="allow")
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"model": Problem, "description": description}
+
+
+# Error responses every v1 operation may give; the OpenAPI document lists them as
+# application/problem+json (see api.app.openapi).
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _problem("Malformed request, or a required header is missing"),
+    401: _problem("Missing or bad credentials"),
+    402: _problem("The balance does not cover the amount"),
+    403: _problem("Valid credentials, not allowed"),
+    404: _problem("No such resource"),
+    409: _problem("Conflict (exists, out of stock, idempotency)"),
+    413: _problem("Request too large"),
+    422: _problem("Invalid fields"),
+    429: _problem("Rate limited"),
+    503: _problem("A data store is unavailable; retry after Retry-After"),
+}

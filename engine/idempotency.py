@@ -9,6 +9,7 @@ claim, so the retry runs again; everything else is remembered for at least 24 ho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -101,3 +102,12 @@ async def sweep(pool: asyncpg.Pool, retention: timedelta = RETENTION) -> int:
         "DELETE FROM idempotency_records WHERE created_at < now() - $1::interval", retention
     )
     return int(status.split()[-1])
+
+
+async def sweep_forever(pool: asyncpg.Pool, interval_s: float = 600.0) -> None:
+    """Forget idempotency records past the retention, every `interval_s`."""
+    while True:
+        # A failed pass is caught up by the next; nothing depends on an early sweep.
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            await sweep(pool)
+        await asyncio.sleep(interval_s)

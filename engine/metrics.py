@@ -7,6 +7,7 @@ worker imports prometheus_client, and `/metrics` aggregates every worker's files
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import (
@@ -16,6 +17,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 HTTP_REQUESTS = Counter(
     "kami_http_requests_total",
@@ -30,13 +33,42 @@ HTTP_LATENCY = Histogram(
 )
 
 
-def render() -> bytes:
-    """The text exposition of every metric, across workers when there are several."""
+# Per-SKU stock is exported for at most this many active products, so the label set stays
+# bounded however large the catalog grows.
+STOCK_SKU_LIMIT = 200
+
+
+def render(stock: Mapping[str, tuple[int, int, int]] | None = None) -> bytes:
+    """The text exposition of every metric, across workers when there are several, plus
+    the pools' stock by SKU (read from Redis at scrape time, not kept per worker)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
-    return generate_latest(DEFAULT_REGISTRY)
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(DEFAULT_REGISTRY)
+    if stock:
+        scrape = CollectorRegistry()
+        scrape.register(_StockCollector(stock))
+        text += generate_latest(scrape)
+    return text
+
+
+class _StockCollector(Collector):
+    def __init__(self, stock: Mapping[str, tuple[int, int, int]]) -> None:
+        self._stock = stock
+
+    def collect(self) -> Iterator[Metric]:
+        families = [
+            GaugeMetricFamily(
+                f"kami_stock_{state}", f"Keys {state} in the pool, by SKU.", labels=["sku"]
+            )
+            for state in ("available", "held", "issued")
+        ]
+        for sku, counts in sorted(self._stock.items()):
+            for family, value in zip(families, counts, strict=True):
+                family.add_metric([sku], value)
+        yield from families
 
 
 ISSUANCES = Counter("kami_issuance_total", "Issuance requests by result code.", ["result"])

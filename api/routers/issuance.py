@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
@@ -16,6 +17,14 @@ from engine.errors import CommonError, DomainError
 from engine.issuance.service import Issuance, IssuanceService
 
 router = APIRouter(prefix="/v1/issuances", tags=["issuance"])
+
+
+class _Malformed(StrEnum):
+    MALFORMED_REQUEST = "malformed_request"
+
+
+# The same code the framework-level handler gives any unparsable JSON body.
+MALFORMED = _Malformed.MALFORMED_REQUEST
 
 _CREATE_BODY = {
     "requestBody": {
@@ -65,9 +74,7 @@ async def create(request: Request, agent: AgentDep) -> Response:
     except ValidationError as exc:
         errors = exc.errors()
         if any(e["type"] == "json_invalid" for e in errors):
-            raise DomainError(
-                CommonError.INVALID_REQUEST, "The request body is not valid JSON."
-            ) from None
+            raise DomainError(MALFORMED, "The request body is not valid JSON.") from None
         fields = [".".join(str(p) for p in e["loc"]) for e in errors]
         raise DomainError(
             CommonError.INVALID_REQUEST,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncpg
 from fastapi import APIRouter
 from starlette.responses import Response
 
 from api.deps import RuntimeDep
 from api.problems import problem
+from engine import EngineError
 from engine.errors import CommonError
-from engine.metrics import render
+from engine.metrics import STOCK_SKU_LIMIT, render
+from engine.runtime import Runtime
 
 router = APIRouter(tags=["ops"])
 
@@ -38,5 +41,19 @@ async def readyz(runtime: RuntimeDep) -> Response | dict[str, object]:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics() -> Response:
-    return Response(render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(
+        render(await _pool_stock(runtime)), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+async def _pool_stock(runtime: Runtime) -> dict[str, tuple[int, int, int]]:
+    """Stock per active SKU from Redis; a scrape during a Redis outage still answers."""
+    try:
+        skus = await runtime.db.fetch(
+            "SELECT sku FROM products WHERE status = 'active' ORDER BY sku LIMIT $1",
+            STOCK_SKU_LIMIT,
+        )
+        return {row["sku"]: await runtime.pool.stock(row["sku"]) for row in skus}
+    except (EngineError, OSError, asyncpg.PostgresError):
+        return {}

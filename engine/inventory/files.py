@@ -30,7 +30,8 @@ class InventoryError(StrEnum):
 
 
 class Readable(Protocol):
-    filename: str | None
+    @property
+    def filename(self) -> str | None: ...
 
     async def read(self, size: int = -1) -> bytes: ...
 
@@ -70,7 +71,13 @@ async def read_codes_file(
     """Stream an uploaded file through the parser; returns (codes, rejected rows)."""
     head = await upload.read(CHUNK_BYTES)
     file_format = _format_for(upload.filename, declared_format, head)
-    reader = CodeReader(file_format, column=column, max_length=MAX_CODE_LENGTH)
+    try:
+        reader = CodeReader(file_format, column=column, max_length=MAX_CODE_LENGTH)
+    except (ValueError, OverflowError) as exc:
+        # The parser's own words ("a TXT file has one column ...") name the problem.
+        raise DomainError(
+            InventoryError.INVALID_FILE, str(exc).removeprefix("invalid argument: ")
+        ) from None
     codes: list[str] = []
     rejected: list[tuple[int, str]] = []
     chunk = head

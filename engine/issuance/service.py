@@ -41,6 +41,14 @@ from engine.principals import AgentKey
 log = structlog.get_logger(__name__)
 
 BALANCE_TTL_S = 1.0
+# Failures of the connection to PostgreSQL (not of a statement): retryable, nothing done.
+STORE_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
 
 
 @dataclass(frozen=True)
@@ -183,15 +191,17 @@ class IssuanceService:
         )
         try:
             recorded = await self._recorder.record(pending)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            # Nothing was committed: the keys go back for the next buyer.
+        except BaseException as exc:
+            # Nothing was committed: the keys go back for the next buyer, whatever failed.
             await self._give_back(sku, holder)
-            log.error("issuance_commit_failed", sku=sku, error=type(exc).__name__)
-            raise DomainError(
-                IssuanceError.DATABASE_UNAVAILABLE,
-                "The database is unavailable; nothing was issued. Retry shortly.",
-                retry_after=1,
-            ) from None
+            if isinstance(exc, STORE_CONNECTION_ERRORS):
+                log.error("issuance_commit_failed", sku=sku, error=type(exc).__name__)
+                raise DomainError(
+                    IssuanceError.DATABASE_UNAVAILABLE,
+                    "The database is unavailable; nothing was issued. Retry shortly.",
+                    retry_after=1,
+                ) from None
+            raise
         return await self._finish(agent, terms, holder, entries, pending, recorded)
 
     async def _finish(

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import signal
 import time
@@ -29,6 +30,7 @@ log = structlog.get_logger(__name__)
 # Linux limits a unix socket path to 107 bytes; longer data dirs get a socket in /tmp.
 _MAX_SOCKET_PATH = 100
 DATABASE_NAME = "kami"
+STATE_FILE = "kami.state.json"
 
 
 class EmbeddedError(RuntimeError):
@@ -64,10 +66,21 @@ class EmbeddedStores:
         except BaseException:
             self.stop()
             raise
+        self._write_state()
         return self
+
+    def _write_state(self) -> None:
+        """Tell other commands on this data dir (`kami import`, ...) where the stores are.
+        Unix sockets inside a 0700-owned dir: knowing the path grants nothing more."""
+        state = {"pid": os.getpid(), "database_url": self.database_url, "redis_url": self.redis_url}
+        path = self.data_dir / STATE_FILE
+        path.write_text(json.dumps(state), encoding="utf-8")
+        path.chmod(0o600)
 
     def stop(self) -> None:
         """Stop what `start()` started (Valkey first: it flushes its AOF on SIGTERM)."""
+        if self._lock_file is not None:
+            (self.data_dir / STATE_FILE).unlink(missing_ok=True)
         if self._valkey_server is not None:
             with contextlib.suppress(Exception):
                 self._valkey_server.stop(timeout=10.0)
@@ -213,3 +226,21 @@ class EmbeddedStores:
                 except psutil.TimeoutExpired:
                     process.kill()
         self._valkey_pid_file.unlink(missing_ok=True)
+
+
+def attached(data_dir: Path) -> EmbeddedStores | None:
+    """The stores of the `kami serve` that owns `data_dir`, to use without owning them."""
+    try:
+        state = json.loads((data_dir / STATE_FILE).read_text(encoding="utf-8"))
+        owner = psutil.Process(int(state["pid"]))
+    except (OSError, ValueError, KeyError, psutil.Error):
+        return None
+    if not owner.is_running():
+        return None
+    return EmbeddedStores(
+        data_dir.expanduser().resolve(),
+        postgres=False,
+        valkey=False,
+        database_url=state.get("database_url"),
+        redis_url=state.get("redis_url"),
+    )

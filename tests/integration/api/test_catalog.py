@@ -152,3 +152,15 @@ async def test_batch_for_unknown_product_is_404(operator: httpx.AsyncClient) -> 
     response = await operator.post("/v1/products/NOPE-1/batches", json={"codes": ["A"]})
     assert response.status_code == 404
     assert response.json()["code"] == "product_not_found"
+
+
+async def test_a_column_a_text_file_does_not_have_is_422(operator: httpx.AsyncClient) -> None:
+    product = await _product(operator)
+    response = await operator.post(
+        f"/v1/products/{product['sku']}/batches",
+        files={"file": ("keys.txt", io.BytesIO(b"A\nB\n"), "text/plain")},
+        data={"format": "txt", "column": "3"},
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_file"
+    assert "one column" in response.json()["detail"]

@@ -6,6 +6,7 @@ import asyncio
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.integration.issuance.conftest import Shop, make_shop
 
@@ -187,3 +188,80 @@ async def test_concurrent_flash_sale_never_oversells(
     assert debits == 150 * 100
     trial = (await app_client.get("/v1/ledger/trial-balance", headers=sale.operator)).json()
     assert trial["balanced"] is True
+
+
+async def test_metrics_show_issuance_results_flushes_and_stock(shop: Shop) -> None:
+    assert (await shop.issue(2)).status_code == 201
+    assert (await shop.issue(60)).status_code == 409
+    text = (await shop.client.get("/metrics")).text
+    assert f'kami_stock_available{{sku="{shop.sku}"}} 48.0' in text
+    assert f'kami_stock_issued{{sku="{shop.sku}"}} 2.0' in text
+    assert 'kami_issuance_total{result="issued"}' in text
+    assert 'kami_issuance_total{result="out_of_stock"}' in text
+    assert "kami_batcher_flush_size_bucket" in text
+    assert "kami_issuance_duration_seconds_bucket" in text
+    for code in shop.codes:
+        assert code not in text
+
+
+async def test_every_reveal_is_audited(shop: Shop, database_url: str) -> None:
+    issued = (await shop.issue(1)).json()
+    for _ in range(2):
+        assert (
+            await shop.client.get(f"/v1/issuances/{issued['id']}", headers=shop.agent())
+        ).status_code == 200
+    conn = await asyncpg.connect(database_url)
+    try:
+        reveals = await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE action = 'issuance.revealed' AND subject = $1",
+            f"issuance:{issued['id']}",
+        )
+    finally:
+        await conn.close()
+    assert reveals == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b'{"sku": ', 400, "malformed_request"),
+        (b"[]", 422, "invalid_request"),
+        (b'{"sku": "A\\u0000B", "quantity": 1}', 422, "invalid_request"),
+        (b'{"sku": "X", "quantity": -1}', 422, "invalid_request"),
+        (b'{"sku": "X", "quantity": 1e100}', 422, "invalid_request"),
+        (b'{"sku": "X", "quantity": 99999999999999999999999}', 422, "invalid_request"),
+        (b'{"sku": "X", "quantity": "1"}', 422, "invalid_request"),
+        (b'{"sku": "X", "quantity": true}', 422, "invalid_request"),
+        (b'{"sku": ["X"], "quantity": 1}', 422, "invalid_request"),
+        (
+            b'{"sku": "X", "quantity": 1, "reference": "' + b"r" * 5000 + b'"}',
+            422,
+            "invalid_request",
+        ),
+        (b'{"sku": "' + b"S" * 100_000 + b'", "quantity": 1}', 422, "invalid_request"),
+        (b"\xff\xfe not even utf-8", 400, "malformed_request"),
+    ],
+)
+async def test_bad_issuance_bodies_are_refused_and_change_nothing(
+    shop: Shop, body: bytes, status: int, code: str
+) -> None:
+    response = await shop.client.post(
+        "/v1/issuances",
+        content=body,
+        headers={**shop.agent(), "Idempotency-Key": "bad", "Content-Type": "application/json"},
+    )
+    assert (response.status_code, response.json()["code"]) == (status, code)
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert await shop.balance() == 1_000_000
+    assert (await shop.stock())["issued"] == 0
+
+
+async def test_a_body_over_the_limit_is_413(shop: Shop) -> None:
+    huge = b'{"codes": ["' + b"A" * (33 << 20) + b'"]}'
+    response = await shop.client.post(
+        f"/v1/products/{shop.sku}/batches",
+        content=huge,
+        headers={**shop.operator, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
