@@ -22,7 +22,9 @@ log = structlog.get_logger(__name__)
 
 ISSUANCE_HOLDER_PREFIX = "iss:"
 GRACE_S = 30.0
-INTERVAL_S = 15.0
+INTERVAL_S = 60.0
+# Holder names checked against PostgreSQL per query.
+_CHUNK = 5000
 _LOCK = 0x4B414D495245434E  # "KAMIRECN"
 
 
@@ -59,12 +61,13 @@ class Reconciler:
         holders = [h for h in await self._pool.holders(sku) if h.startswith(ISSUANCE_HOLDER_PREFIX)]
         if not holders:
             return 0
-        committed = {
-            r["holder"]
-            for r in await conn.fetch(
-                "SELECT holder FROM issuances WHERE holder = ANY($1::text[])", holders
+        committed: set[str] = set()
+        for start in range(0, len(holders), _CHUNK):
+            rows = await conn.fetch(
+                "SELECT holder FROM issuances WHERE holder = ANY($1::text[])",
+                holders[start : start + _CHUNK],
             )
-        }
+            committed.update(r["holder"] for r in rows)
         now = self._clock()
         restored = 0
         for holder in holders:
