@@ -185,6 +185,15 @@ async def _store_unavailable(_request: Request, exc: Exception) -> Response:
     )
 
 
+async def _data_error(_request: Request, exc: Exception) -> Response:
+    # A value PostgreSQL refuses (out of range, not representable): the request's fault,
+    # and the transaction it was in rolled back.
+    log.warning("data_error", error=type(exc).__name__)
+    return problem(
+        422, CommonError.INVALID_REQUEST, "A value in the request cannot be stored as given."
+    )
+
+
 async def _engine_error(_request: Request, exc: Exception) -> Response:
     # Rust core errors that reach here unhandled: connection trouble is retryable, the
     # rest is an integrity problem that must not look like success.
@@ -210,6 +219,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(asyncpg.DataError, _data_error)
     for failure in STORE_FAILURES:
         app.add_exception_handler(failure, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

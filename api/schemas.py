@@ -16,8 +16,14 @@ MAX_MONEY = 10**15  # far above any real amount; keeps every sum inside a bigint
 Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Money = Annotated[int, Field(ge=0, le=MAX_MONEY)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-Reference = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# Free text never carries control characters (PostgreSQL refuses NUL; logs and exports
+# should not carry the rest).
+_NO_CONTROLS = r"^[^\x00-\x1f\x7f]*$"
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=_NO_CONTROLS),
+]
+Reference = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NO_CONTROLS)]
 Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
@@ -54,7 +60,7 @@ class BatchCreate(RequestModel):
     codes: Annotated[
         list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=200_000)
     ]
-    name: Annotated[str, StringConstraints(max_length=200)] = ""
+    name: Annotated[str, StringConstraints(max_length=200, pattern=_NO_CONTROLS)] = ""
     expires_at: datetime | None = None
     unit_cost: Money = 0
 

@@ -3,6 +3,7 @@ and every response matches the documented schema, status and content type."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 
@@ -59,7 +60,7 @@ def test_no_input_produces_a_server_error(
 
 def _fuzz(operation: schemathesis.APIOperation, secret: str) -> None:
     @settings(
-        max_examples=25,
+        max_examples=int(os.environ.get("KAMI_FUZZ_EXAMPLES", "25")),
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),

@@ -164,3 +164,12 @@ async def test_a_column_a_text_file_does_not_have_is_422(operator: httpx.AsyncCl
     assert response.status_code == 422
     assert response.json()["code"] == "invalid_file"
     assert "one column" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("name", ["nul\u0000inside", "bell\u0007", "tab\tname"])
+async def test_control_characters_in_names_are_422(operator: httpx.AsyncClient, name: str) -> None:
+    response = await operator.post(
+        "/v1/products", json={"sku": unique_sku(), "name": name, "type": "card", "price": 1}
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_request"
