@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from fastapi import Request
 from starlette.responses import Response
 
-from engine import idempotency
+from engine import audit, idempotency
 from engine.errors import CommonError, DomainError
+from engine.principals import Operator
 from engine.runtime import Runtime
+from engine.storage.db import Connection
 
 HEADER = "Idempotency-Key"
 _VALID_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -87,3 +90,29 @@ async def run_idempotent(
 
 def _media_type(status: int) -> str:
     return "application/json" if status < 400 else "application/problem+json"
+
+
+# What an operator write returns from inside its transaction: the response body, the
+# audited subject and the audit detail.
+Written = tuple[dict[str, Any], str, dict[str, Any] | None]
+
+
+async def operator_write(
+    request: Request,
+    runtime: Runtime,
+    operator: Operator,
+    *,
+    action: str,
+    payload: object,
+    work: Callable[[Connection], Awaitable[Written]],
+) -> Response:
+    """An idempotent operator write: `work` and its audit record in one transaction, then
+    `201` with the body `work` returned."""
+
+    async def run() -> Response:
+        async with runtime.db.acquire() as conn, conn.transaction():
+            body, subject, detail = await work(conn)
+            await audit.record(conn, operator.owner_label, action, subject, detail)
+        return json_response(201, body)
+
+    return await run_idempotent(request, runtime, operator.owner_label, payload, run)

@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from api.deps import OperatorDep, RuntimeDep
-from api.idempotency import json_response, run_idempotent
+from api.idempotency import Written, json_response, operator_write, run_idempotent
 from api.schemas import BatchCreate, BatchPublic, ProductCreate, ProductPublic, Stock
 from engine import EngineError, audit
 from engine.catalog.service import (
@@ -28,6 +28,7 @@ from engine.inventory.pools import publish_batch
 from engine.inventory.service import add_codes
 from engine.issuance.errors import IssuanceError
 from engine.runtime import Runtime
+from engine.storage.db import Connection
 
 log = structlog.get_logger(__name__)
 
@@ -56,21 +57,24 @@ def _public(product: Product, stock: StockCounts) -> dict[str, Any]:
 async def create(
     body: ProductCreate, request: Request, runtime: RuntimeDep, operator: OperatorDep
 ) -> Response:
-    async def work() -> Response:
-        async with runtime.db.acquire() as conn, conn.transaction():
-            product = await create_product(
-                conn,
-                sku=body.sku,
-                name=body.name,
-                type=ProductType(body.type),
-                price=body.price,
-                currency=body.currency,
-            )
-            await audit.record(conn, operator.owner_label, "product.created", f"product:{body.sku}")
-        return json_response(201, _public(product, StockCounts(0, 0, 0)))
+    async def work(conn: Connection) -> Written:
+        product = await create_product(
+            conn,
+            sku=body.sku,
+            name=body.name,
+            type=ProductType(body.type),
+            price=body.price,
+            currency=body.currency,
+        )
+        return _public(product, StockCounts(0, 0, 0)), f"product:{body.sku}", None
 
-    return await run_idempotent(
-        request, runtime, operator.owner_label, body.model_dump(mode="json"), work
+    return await operator_write(
+        request,
+        runtime,
+        operator,
+        action="product.created",
+        payload=body.model_dump(mode="json"),
+        work=work,
     )
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, status
 from starlette.responses import Response
 
 from api.deps import OperatorDep, RuntimeDep
-from api.idempotency import json_response, run_idempotent
+from api.idempotency import Written, json_response, operator_write
 from api.schemas import (
     AgentCreate,
     AgentLevelCreate,
@@ -20,7 +20,6 @@ from api.schemas import (
     DepositPublic,
     Id,
 )
-from engine import audit
 from engine.auth import ApiKeyMode
 from engine.distribution.service import (
     Agent,
@@ -32,6 +31,7 @@ from engine.distribution.service import (
     get_level,
 )
 from engine.ledger.service import deposit
+from engine.storage.db import Connection
 
 router = APIRouter(prefix="/v1", tags=["distribution"])
 
@@ -53,22 +53,23 @@ def _agent(agent: Agent) -> dict[str, Any]:
 async def create_agent_level(
     body: AgentLevelCreate, request: Request, runtime: RuntimeDep, operator: OperatorDep
 ) -> Response:
-    async def work() -> Response:
-        async with runtime.db.acquire() as conn, conn.transaction():
-            level = await create_level(
-                conn,
-                name=body.name,
-                rank=body.rank,
-                prices=body.prices,
-                visible_skus=body.visible_skus,
-            )
-            await audit.record(
-                conn, operator.owner_label, "agent_level.created", f"agent_level:{level.id}"
-            )
-        return json_response(201, _level(level))
+    async def work(conn: Connection) -> Written:
+        level = await create_level(
+            conn,
+            name=body.name,
+            rank=body.rank,
+            prices=body.prices,
+            visible_skus=body.visible_skus,
+        )
+        return _level(level), f"agent_level:{level.id}", None
 
-    return await run_idempotent(
-        request, runtime, operator.owner_label, body.model_dump(mode="json"), work
+    return await operator_write(
+        request,
+        runtime,
+        operator,
+        action="agent_level.created",
+        payload=body.model_dump(mode="json"),
+        work=work,
     )
 
 
@@ -86,20 +87,23 @@ async def read_agent_level(level_id: Id, runtime: RuntimeDep, _operator: Operato
 async def create(
     body: AgentCreate, request: Request, runtime: RuntimeDep, operator: OperatorDep
 ) -> Response:
-    async def work() -> Response:
-        async with runtime.db.acquire() as conn, conn.transaction():
-            agent = await create_agent(
-                conn,
-                name=body.name,
-                level_id=body.level_id,
-                parent_id=body.parent_id,
-                credit_limit=body.credit_limit,
-            )
-            await audit.record(conn, operator.owner_label, "agent.created", f"agent:{agent.id}")
-        return json_response(201, _agent(agent))
+    async def work(conn: Connection) -> Written:
+        agent = await create_agent(
+            conn,
+            name=body.name,
+            level_id=body.level_id,
+            parent_id=body.parent_id,
+            credit_limit=body.credit_limit,
+        )
+        return _agent(agent), f"agent:{agent.id}", None
 
-    return await run_idempotent(
-        request, runtime, operator.owner_label, body.model_dump(mode="json"), work
+    return await operator_write(
+        request,
+        runtime,
+        operator,
+        action="agent.created",
+        payload=body.model_dump(mode="json"),
+        work=work,
     )
 
 
@@ -123,21 +127,20 @@ async def create_key(
 ) -> Response:
     mode = ApiKeyMode((body or ApiKeyCreate()).mode)
 
-    async def work() -> Response:
-        async with runtime.db.acquire() as conn, conn.transaction():
-            key_id, key, prefix = await create_api_key(conn, agent_id, mode)
-            await audit.record(
-                conn,
-                operator.owner_label,
-                "api_key.created",
-                f"agent:{agent_id}",
-                {"key_id": key_id, "mode": mode.value, "prefix": prefix},
-            )
+    async def work(conn: Connection) -> Written:
+        key_id, key, prefix = await create_api_key(conn, agent_id, mode)
         created = ApiKeyCreated(id=key_id, key=key, mode=mode.value, prefix=prefix)
-        return json_response(201, created.model_dump(mode="json"))
+        # The audit keeps the prefix, never the key.
+        detail = {"key_id": key_id, "mode": mode.value, "prefix": prefix}
+        return created.model_dump(mode="json"), f"agent:{agent_id}", detail
 
-    return await run_idempotent(
-        request, runtime, operator.owner_label, {"agent_id": agent_id, "mode": mode.value}, work
+    return await operator_write(
+        request,
+        runtime,
+        operator,
+        action="api_key.created",
+        payload={"agent_id": agent_id, "mode": mode.value},
+        work=work,
     )
 
 
@@ -154,20 +157,23 @@ async def create_deposit(
     runtime: RuntimeDep,
     operator: OperatorDep,
 ) -> Response:
-    async def work() -> Response:
-        async with runtime.db.acquire() as conn, conn.transaction():
-            agent = await get_agent(conn, agent_id)
-            entry_id, balance = await deposit(
-                conn, agent.id, body.amount, currency=agent.currency, reference=body.reference
-            )
-            await audit.record(
-                conn,
-                operator.owner_label,
-                "deposit.created",
-                f"agent:{agent_id}",
-                {"entry_id": entry_id, "amount": body.amount},
-            )
-        return json_response(201, DepositPublic(entry_id=entry_id, balance=balance).model_dump())
+    async def work(conn: Connection) -> Written:
+        agent = await get_agent(conn, agent_id)
+        entry_id, balance = await deposit(
+            conn, agent.id, body.amount, currency=agent.currency, reference=body.reference
+        )
+        detail = {"entry_id": entry_id, "amount": body.amount}
+        return (
+            DepositPublic(entry_id=entry_id, balance=balance).model_dump(),
+            f"agent:{agent_id}",
+            detail,
+        )
 
-    payload = {"agent_id": agent_id, **body.model_dump(mode="json")}
-    return await run_idempotent(request, runtime, operator.owner_label, payload, work)
+    return await operator_write(
+        request,
+        runtime,
+        operator,
+        action="deposit.created",
+        payload={"agent_id": agent_id, **body.model_dump(mode="json")},
+        work=work,
+    )
