@@ -173,3 +173,18 @@ async def test_control_characters_in_names_are_422(operator: httpx.AsyncClient, 
     )
     assert response.status_code == 422
     assert response.json()["code"] == "invalid_request"
+
+
+async def test_an_xlsx_batch_is_imported(operator: httpx.AsyncClient) -> None:
+    from tests.support.xlsx import one_column_xlsx
+
+    product = await _product(operator)
+    workbook = one_column_xlsx(["XLSX-1", "XLSX-2", "", "XLSX-1", "卡密-3"])
+    response = await operator.post(
+        f"/v1/products/{product['sku']}/batches",
+        files={"file": ("keys.xlsx", io.BytesIO(workbook), "application/octet-stream")},
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    # An empty cell that is there (unlike a blank text line) is refused as "empty".
+    assert (body["accepted"], body["duplicates"], body["rejected"]) == (3, 1, 1)
