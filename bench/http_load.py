@@ -101,7 +101,7 @@ def run_locust(
         failures=failures,
         rps=rps,
         ok_rps=ok_rps,
-        peak_rps=peak or ok_rps,
+        peak_rps=max(peak, ok_rps),
         p50_ms=_num(agg["50%"]),
         p95_ms=_num(agg["95%"]),
         p99_ms=_num(agg["99%"]),

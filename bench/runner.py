@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -417,15 +418,61 @@ async def check_sale(database_url: str, sku: str, imported: int) -> dict[str, in
     return r
 
 
+def start_profiles(pids: list[int], seconds: int, out: Path) -> list[tuple[Path, subprocess.Popen[bytes]]]:
+    """py-spy on each server worker (raw collapsed stacks), for the profile section of
+    docs/BENCHMARKS.md. --nonblocking: the workers are not paused while sampled."""
+    spy = Path(sys.executable).with_name("py-spy")
+    started = []
+    for pid in pids:
+        path = out / f"profile-{pid}.txt"
+        command = [str(spy), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50",
+                   "--format", "raw", "--nonblocking", "--output", str(path)]  # fmt: skip
+        started.append((path, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    return started
+
+
+def summarize_profiles(profiles: list[tuple[Path, subprocess.Popen[bytes]]], top: int = 25) -> dict[str, Any]:
+    """Self and inclusive sample shares per function over all workers' collapsed stacks."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for path, proc in profiles:
+        proc.wait(timeout=60)
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 2)[-1] + ")"
+                      if " (" in f else f for f in stack.split(";")]  # fmt: skip
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + n
+    if not total:
+        return {"samples": 0}
+
+    def share(d: dict[str, int]) -> dict[str, float]:
+        return {k: round(100 * v / total, 1) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]}
+
+    return {"samples": total, "self_pct": share(own), "inclusive_pct": share(inclusive),
+            "files": [str(p) for p, _ in profiles]}  # fmt: skip
+
+
 def http_scenarios(
-    sizes: Sizes, base_url: str, skip_url: str | None, api_key: str, sku: str, out: Path, processes: int
+    sizes: Sizes, base_url: str, skip_url: str | None, api_key: str, sku: str, out: Path, processes: int,
+    profile_pids: list[int] | None = None,
 ) -> dict[str, Any]:
     runs: dict[str, LoadResult] = {}
     log(f"http: kami saturation, {sizes.users} users for {sizes.saturation_s}s")
+    profiles = start_profiles(profile_pids, max(sizes.saturation_s - 4, 2), out) if profile_pids else []
     runs["kami_saturation"] = run_locust(
         "kami_saturation", base_url, out, users=sizes.users, seconds=sizes.saturation_s,
         api_key=api_key, sku=sku, processes=processes,
     )  # fmt: skip
+    profile = summarize_profiles(profiles) if profiles else None
     peak = runs["kami_saturation"].peak_rps
     users, per_user = paced_users(0.8 * peak, 16)
     log(f"http: kami at 80% of peak ({0.8 * peak:,.0f}/s: {users} users x {per_user:.1f}/s)")
@@ -446,7 +493,10 @@ def http_scenarios(
         )  # fmt: skip
     for name, r in runs.items():
         log(f"  {name}: peak {r.peak_rps:,.0f}/s ok {r.ok_rps:,.0f}/s p50 {r.p50_ms} p99 {r.p99_ms} errors {r.errors}")
-    return {name: r.as_dict() for name, r in runs.items()}
+    result: dict[str, Any] = {name: r.as_dict() for name, r in runs.items()}
+    if profile is not None:
+        result["profile"] = profile
+    return result
 
 
 # ---------------------------------------------------------------- main
@@ -462,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locust-processes", type=int, default=2)
     parser.add_argument("--skip", default="", help="comma-separated scenarios to skip: micro,pool,engine,http,import")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs, CSVs)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the server workers during the saturation run (own server only)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     from engine.logging import configure
@@ -504,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             server_env.update(env, KAMI_LOG_LEVEL="warning", KAMI_SERVER=args.server, KAMI_DATA_DIR=str(work / "srv"))
             kami = str(Path(sys.executable).with_name("kami"))
             log(f"starting kami serve ({args.server}, {args.workers} workers)")
-            stack.enter_context(process(
+            server = stack.enter_context(process(
                 [kami, "serve", "--port", str(port), "--workers", str(args.workers), "--no-demo"],
                 server_env, f"http://127.0.0.1:{port}/readyz", work / "kami.log",
             ))  # fmt: skip
@@ -544,9 +597,14 @@ def main(argv: list[str] | None = None) -> int:
                 [sys.executable, "-m", "bench.skip_locked", args.server, str(skip_port), str(args.workers)],
                 skip_env, f"http://127.0.0.1:{skip_port}/livez", work / "skip_locked.log",
             ))  # fmt: skip
+            pids = None
+            if args.profile and not args.target:
+                import psutil
+
+                pids = [c.pid for c in psutil.Process(server.pid).children(recursive=True)]
             report["http"] = http_scenarios(
                 sizes, base_url, f"http://127.0.0.1:{skip_port}", setup["api_key"], sale_sku,
-                work, args.locust_processes,
+                work, args.locust_processes, pids,
             )  # fmt: skip
             skip_server.send_signal(signal.SIGINT)
             created = sum(
@@ -567,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
             }  # fmt: skip
             log(f"import: {seconds:.2f}s ({sizes.import_keys / seconds:,.0f} keys/s)")
 
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     report["elapsed_s"] = round(time.time() - started, 1)
     summarize(report)
     path = args.out / f"{stamp}.json"
