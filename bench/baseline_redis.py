@@ -28,7 +28,7 @@ def ops_script() -> str:
 
 
 def script_sha() -> str:
-    return hashlib.sha1(ops_script().encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+    return hashlib.sha1(ops_script().encode()).hexdigest()
 
 
 def shard_tag(namespace: str, sku: str, shard: int = 0) -> str:
@@ -48,7 +48,7 @@ def redis_py_client(url: str, connections: int) -> aioredis.Redis:
 async def redis_py_take(
     client: aioredis.Redis, sha: str, tag: str, holder: str, quantity: int = 1
 ) -> list[Any]:
-    reply: list[Any] = await client.evalsha(sha, 1, tag, *take_args(holder, quantity))  # type: ignore[misc]
+    reply: list[Any] = await client.evalsha(sha, 1, tag, *take_args(holder, quantity))
     return reply[0]  # type: ignore[no-any-return]
 
 
@@ -84,10 +84,28 @@ def redis_benchmark_evalsha(
         host, _, port = hostport.partition(":")
         where = ["-h", host or "127.0.0.1", "-p", port or "6379"]
     command = [
-        binary, *where, "-n", str(requests), "-c", str(concurrency), "-r", "1000000000",
-        "--csv", "EVALSHA", sha, "1", tag, "", str(ISSUED_TTL_MS), str(SWEEP_PER_CALL),
-        "T", "b:__rand_int__", "1", "0", "",
-    ]  # fmt: skip
+        binary,
+        *where,
+        "-n",
+        str(requests),
+        "-c",
+        str(concurrency),
+        "-r",
+        "1000000000",
+        "--csv",
+        "EVALSHA",
+        sha,
+        "1",
+        tag,
+        "",
+        str(ISSUED_TTL_MS),
+        str(SWEEP_PER_CALL),
+        "T",
+        "b:__rand_int__",
+        "1",
+        "0",
+        "",
+    ]
     started = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
     elapsed = time.perf_counter() - started

@@ -41,6 +41,11 @@ def _num(value: str) -> float:
         return math.nan
 
 
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def run_locust(
     label: str,
     host: str,
@@ -64,30 +69,51 @@ def run_locust(
     )
     spawn_rate = max(users / 2, 1)  # users ramp up over ~2 s
     command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "--host", host, "-u", str(users), "-r", str(spawn_rate), "-t", f"{seconds}s",
-        "--processes", str(processes), "--csv", str(prefix), "--csv-full-history",
-        "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "5",
-    ]  # fmt: skip
-    subprocess.run(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(out_dir / f"{label}.log").open("w"),
-        timeout=seconds + 120,
-        check=False,
-    )
-    stats = {r["Name"]: r for r in csv.DictReader(Path(f"{prefix}_stats.csv").open())}
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        host,
+        "-u",
+        str(users),
+        "-r",
+        str(spawn_rate),
+        "-t",
+        f"{seconds}s",
+        "--processes",
+        str(processes),
+        "--csv",
+        str(prefix),
+        "--csv-full-history",
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        "--stop-timeout",
+        "5",
+    ]
+    with (out_dir / f"{label}.log").open("w") as log:
+        subprocess.run(
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            timeout=seconds + 120,
+            check=False,
+        )
+    stats = {r["Name"]: r for r in _rows(Path(f"{prefix}_stats.csv"))}
     agg = stats["Aggregated"]
     requests, failures = int(agg["Request Count"]), int(agg["Failure Count"])
     peak = 0.0
-    history = list(csv.DictReader(Path(f"{prefix}_stats_history.csv").open()))
+    history = _rows(Path(f"{prefix}_stats_history.csv"))
     rows = [h for h in history if h["Name"] == "Aggregated"]
     # Skip the ramp; Locust's "current" rate is a moving window over the last seconds.
     for h in rows[len(rows) // 4 :]:
         peak = max(peak, _num(h["Requests/s"]) - _num(h["Failures/s"]))
     errors: dict[str, int] = {}
-    for r in csv.DictReader(Path(f"{prefix}_failures.csv").open()):
+    for r in _rows(Path(f"{prefix}_failures.csv")):
         name = r["Error"].replace("CatchResponseError(", "").strip("()'\"")
         errors[name] = errors.get(name, 0) + int(r["Occurrences"])
     rps = _num(agg["Requests/s"])

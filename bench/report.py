@@ -10,7 +10,11 @@ from typing import Any
 GOALS: dict[str, dict[str, Any]] = {
     "pool_vs_redis_py": {"path": ["ratios", "pool_vs_redis_py"], "op": ">=", "target": 5.0},
     "pool_vs_evalsha": {"path": ["ratios", "pool_vs_evalsha"], "op": ">=", "target": 1.5},
-    "engine_vs_skip_locked": {"path": ["ratios", "engine_vs_skip_locked"], "op": ">=", "target": 10.0},
+    "engine_vs_skip_locked": {
+        "path": ["ratios", "engine_vs_skip_locked"],
+        "op": ">=",
+        "target": 10.0,
+    },
     "http_vs_noop": {"path": ["ratios", "http_vs_noop"], "op": ">=", "target": 0.5},
     "http_vs_skip_locked": {"path": ["ratios", "http_vs_skip_locked"], "op": ">=", "target": 3.0},
     "http_p99_ms_at_80pct": {"path": ["http", "p99_ms_at_80pct"], "op": "<", "target": 50.0},
@@ -18,7 +22,7 @@ GOALS: dict[str, dict[str, Any]] = {
     "import_1m_s": {"path": ["import_1m_s"], "op": "<=", "target": 10.0},
     "duplicates": {"path": ["duplicates"], "op": "==", "target": 0},
     "oversells": {"path": ["oversells"], "op": "==", "target": 0},
-}  # fmt: skip
+}
 
 
 def _get(report: dict[str, Any], path: list[str]) -> Any:
@@ -58,8 +62,13 @@ def draw_chart(report: dict[str, Any], path: Path) -> Path | None:
 
     bars: list[tuple[str, float, str]] = []  # label, per second, colour
     lat: list[tuple[str, float, float, float]] = []  # label, p50, p95, p99
-    colours = {"kami": "tab:blue", "redis_py": "tab:orange", "redis_benchmark": "tab:gray",
-               "skip_locked": "tab:red", "noop": "tab:green"}  # fmt: skip
+    colours = {
+        "kami": "tab:blue",
+        "redis_py": "tab:orange",
+        "redis_benchmark": "tab:gray",
+        "skip_locked": "tab:red",
+        "noop": "tab:green",
+    }
     pool = report.get("pool", {})
     for impl in ("kami", "redis_py", "redis_benchmark"):
         for c, r in pool.get(impl, {}).items():
@@ -74,11 +83,21 @@ def draw_chart(report: dict[str, Any], path: Path) -> Path | None:
             bars.append((f"engine\n{impl}", r["per_s"], colours[impl]))
             lat.append((f"engine {impl}", r["p50_ms"], r["p95_ms"], r["p99_ms"]))
     http = report.get("http", {})
-    for name, colour in (("kami_saturation", "kami"), ("kami_at_80pct", "kami"),
-                         ("noop", "noop"), ("skip_locked", "skip_locked")):  # fmt: skip
+    for name, colour in (
+        ("kami_saturation", "kami"),
+        ("kami_at_80pct", "kami"),
+        ("noop", "noop"),
+        ("skip_locked", "skip_locked"),
+    ):
         r = http.get(name)
         if isinstance(r, dict) and r.get("peak_rps") is not None:
-            bars.append((f"http\n{name}", r["peak_rps"] if name != "kami_at_80pct" else r["ok_rps"], colours[colour]))
+            bars.append(
+                (
+                    f"http\n{name}",
+                    r["peak_rps"] if name != "kami_at_80pct" else r["ok_rps"],
+                    colours[colour],
+                )
+            )
             lat.append((f"http {name}", r["p50_ms"], r["p95_ms"], r["p99_ms"]))
     imp = report.get("import")
     if imp:
@@ -93,12 +112,23 @@ def draw_chart(report: dict[str, Any], path: Path) -> Path | None:
         ax1.annotate(f"{b[1]:,.0f}", (i, b[1]), ha="center", va="bottom", fontsize=7)
     machine = report.get("machine", {})
     commit = report.get("commit", {}).get("sha", "")[:10]
-    ax1.set_title(f"Kami bench ({report.get('kind')}) {report.get('timestamp')} @ {commit} - "
-                  f"{machine.get('cores')} cores {machine.get('cpu_model')} (shared machine)", fontsize=9)  # fmt: skip
+    ax1.set_title(
+        f"Kami bench ({report.get('kind')}) {report.get('timestamp')} @ {commit} - "
+        f"{machine.get('cores')} cores {machine.get('cpu_model')} (shared machine)",
+        fontsize=9,
+    )
     xs = range(len(lat))
     width = 0.27
-    for k, (name, colour) in enumerate((("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red"))):
-        ax2.bar([x + (k - 1) * width for x in xs], [row[k + 1] or 0 for row in lat], width, label=name, color=colour)
+    for k, (name, colour) in enumerate(
+        (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red"))
+    ):
+        ax2.bar(
+            [x + (k - 1) * width for x in xs],
+            [row[k + 1] or 0 for row in lat],
+            width,
+            label=name,
+            color=colour,
+        )
     ax2.set_xticks(list(xs), [row[0] for row in lat], rotation=35, ha="right", fontsize=7)
     ax2.set_yscale("log")
     ax2.set_ylabel("latency ms (log)")

@@ -121,7 +121,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def process(command: list[str], env: dict[str, str], ready_url: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    command: list[str], env: dict[str, str], ready_url: str, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
             command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -155,11 +157,18 @@ def setup_sale(base_url: str, token: str, skus: list[str]) -> dict[str, Any]:
     operator = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base_url, headers=operator, timeout=120) as c:
         for sku in skus:
-            r = c.post("/v1/products", json={"sku": sku, "name": "秒杀 bench", "type": "card", "price": 1990})
+            r = c.post(
+                "/v1/products",
+                json={"sku": sku, "name": "秒杀 bench", "type": "card", "price": 1990},
+            )
             r.raise_for_status()
         level = c.post(
             "/v1/agent-levels",
-            json={"name": f"bench-{secrets.token_hex(3)}", "rank": 1, "prices": dict.fromkeys(skus, PRICE)},
+            json={
+                "name": f"bench-{secrets.token_hex(3)}",
+                "rank": 1,
+                "prices": dict.fromkeys(skus, PRICE),
+            },
         )
         level.raise_for_status()
         agent = c.post("/v1/agents", json={"name": "bench shop", "level_id": level.json()["id"]})
@@ -207,10 +216,21 @@ async def import_codes(env: dict[str, str], sku: str, count: int, tmp: Path) -> 
 def micro(sizes: Sizes, out_dir: Path) -> dict[str, Any]:
     path = out_dir / "micro.json"
     command = [
-        sys.executable, "-m", "pytest", str(ROOT / "bench" / "micro"), "-q", "-p", "no:cacheprovider",
-        "-o", "addopts=", "-o", "timeout=600", "--benchmark-only", "--benchmark-min-rounds=3",
+        sys.executable,
+        "-m",
+        "pytest",
+        str(ROOT / "bench" / "micro"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "-o",
+        "timeout=600",
+        "--benchmark-only",
+        "--benchmark-min-rounds=3",
         f"--benchmark-json={path}",
-    ]  # fmt: skip
+    ]
     if sizes.micro_filter:
         command += ["-k", sizes.micro_filter]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -265,7 +285,12 @@ async def pool_scenario(env: dict[str, str], sizes: Sizes) -> dict[str, Any]:
             await pool.take(sku, holder, 1)
 
         ok, seconds, lat = await rb.take_until(kami_take, c, sizes.pool_takes, "h")
-        results["kami"][str(c)] = {"takes": ok, "seconds": seconds, "per_s": ok / seconds, **_percentiles(lat)}
+        results["kami"][str(c)] = {
+            "takes": ok,
+            "seconds": seconds,
+            "per_s": ok / seconds,
+            **_percentiles(lat),
+        }
         log(f"pool kami c={c}: {ok / seconds:,.0f} takes/s")
 
         sku = await fresh_pool(f"r{c}", sizes.pool_takes)
@@ -277,32 +302,49 @@ async def pool_scenario(env: dict[str, str], sizes: Sizes) -> dict[str, Any]:
                 raise RuntimeError(f"redis_py take failed: {reply!r}")
 
         ok, seconds, lat = await rb.take_until(py_take, c, sizes.pool_takes, "h")
-        results["redis_py"][str(c)] = {"takes": ok, "seconds": seconds, "per_s": ok / seconds, **_percentiles(lat)}
+        results["redis_py"][str(c)] = {
+            "takes": ok,
+            "seconds": seconds,
+            "per_s": ok / seconds,
+            **_percentiles(lat),
+        }
         log(f"pool redis_py c={c}: {ok / seconds:,.0f} takes/s")
 
     binary = rb.redis_benchmark_binary()
     if binary is None:
-        results["redis_benchmark"] = {"skipped": "no redis-benchmark or valkey-benchmark binary on PATH"}
+        results["redis_benchmark"] = {
+            "skipped": "no redis-benchmark or valkey-benchmark binary on PATH"
+        }
     else:
         for c in sizes.pool_concurrency:
             # More entries than requests, so no call hits the cheap out-of-stock path.
             n = sizes.pool_takes * 4
             sku = await fresh_pool(f"b{c}", n + n // 10)
             res = await asyncio.to_thread(
-                rb.redis_benchmark_evalsha, binary, redis_url, sha, rb.shard_tag(NAMESPACE, sku),
-                requests=n, concurrency=c,
-            )  # fmt: skip
+                rb.redis_benchmark_evalsha,
+                binary,
+                redis_url,
+                sha,
+                rb.shard_tag(NAMESPACE, sku),
+                requests=n,
+                concurrency=c,
+            )
             left = (await pool.stock(sku))[0]
             results["redis_benchmark"][str(c)] = {
-                "requests": n, "per_s": res.per_s, "p50_ms": res.p50_ms,
-                "entries_taken": n + n // 10 - left, "binary": binary,
-            }  # fmt: skip
+                "requests": n,
+                "per_s": res.per_s,
+                "p50_ms": res.p50_ms,
+                "entries_taken": n + n // 10 - left,
+                "binary": binary,
+            }
             log(f"pool redis-benchmark EVALSHA c={c}: {res.per_s:,.0f}/s")
     await client.aclose()
     return results
 
 
-async def engine_scenario(env: dict[str, str], sizes: Sizes, sku: str, agent_id: int, skip_sku: str) -> dict[str, Any]:
+async def engine_scenario(
+    env: dict[str, str], sizes: Sizes, sku: str, agent_id: int, skip_sku: str
+) -> dict[str, Any]:
     from engine._core import Pool
     from engine.crypto.keyring import load_keyring
     from engine.issuance.service import IssuanceService
@@ -322,20 +364,27 @@ async def engine_scenario(env: dict[str, str], sizes: Sizes, sku: str, agent_id:
         async with db.acquire() as conn:
             keyring = await load_keyring(conn, base64.b64decode(env["KAMI_MASTER_KEY"]))
             row = await conn.fetchrow(
-                "SELECT k.id, k.mode, a.level_id FROM api_keys k JOIN agents a ON a.id = k.agent_id "
+                "SELECT k.id, k.mode, a.level_id FROM api_keys k "
+                "JOIN agents a ON a.id = k.agent_id "
                 "WHERE k.agent_id = $1",
                 agent_id,
             )
         assert row is not None
-        agent = AgentKey(key_id=row["id"], agent_id=agent_id, level_id=row["level_id"], mode=row["mode"])
+        agent = AgentKey(
+            key_id=row["id"], agent_id=agent_id, level_id=row["level_id"], mode=row["mode"]
+        )
         service = IssuanceService(db, Pool(env["KAMI_REDIS_URL"], namespace=NAMESPACE), keyring)
         run = secrets.token_hex(4)
 
         async def issue(holder: str) -> None:
             issuance = await service.issue(
-                agent, sku=sku, quantity=1, reference=None,
-                idempotency_key=f"eng-{run}-{holder}", request_hash=b"\0" * 32,
-            )  # fmt: skip
+                agent,
+                sku=sku,
+                quantity=1,
+                reference=None,
+                idempotency_key=f"eng-{run}-{holder}",
+                request_hash=b"\0" * 32,
+            )
             assert len(issuance.keys) == 1
 
         await issue("warm")
@@ -351,11 +400,23 @@ async def engine_scenario(env: dict[str, str], sizes: Sizes, sku: str, agent_id:
             before = _flush_stats()
             ok, seconds, lat = await rb.take_until(issue, c, sizes.engine_requests, f"e{c}")
             after = _flush_stats()
-            kami[str(c)] = {"issuances": ok, "seconds": seconds, "per_s": ok / seconds,
-                            **_percentiles(lat), "group_commit": _flush_delta(before, after)}  # fmt: skip
-            log(f"engine kami c={c}: {ok / seconds:,.0f} issuances/s {kami[str(c)]['group_commit']}")
+            kami[str(c)] = {
+                "issuances": ok,
+                "seconds": seconds,
+                "per_s": ok / seconds,
+                **_percentiles(lat),
+                "group_commit": _flush_delta(before, after),
+            }
+            log(
+                f"engine kami c={c}: {ok / seconds:,.0f} issuances/s {kami[str(c)]['group_commit']}"
+            )
             ok, seconds, lat = await rb.take_until(skip, c, sizes.engine_requests, f"s{c}")
-            base[str(c)] = {"issuances": ok, "seconds": seconds, "per_s": ok / seconds, **_percentiles(lat)}
+            base[str(c)] = {
+                "issuances": ok,
+                "seconds": seconds,
+                "per_s": ok / seconds,
+                **_percentiles(lat),
+            }
             log(f"engine skip_locked c={c}: {ok / seconds:,.0f} issuances/s")
         await service.close()
         for q, t in sorted(timings.items(), key=lambda kv: -sum(kv[1]))[:12]:
@@ -363,8 +424,14 @@ async def engine_scenario(env: dict[str, str], sizes: Sizes, sku: str, agent_id:
     finally:
         await db.close()
     top = str(max(sizes.engine_concurrency))
-    return {"db_pool_size": 10, "kami_by_concurrency": kami, "skip_locked_by_concurrency": base,
-            "headline_concurrency": int(top), "kami": kami[top], "skip_locked": base[top]}  # fmt: skip
+    return {
+        "db_pool_size": 10,
+        "kami_by_concurrency": kami,
+        "skip_locked_by_concurrency": base,
+        "headline_concurrency": int(top),
+        "kami": kami[top],
+        "skip_locked": base[top],
+    }
 
 
 def _flush_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -383,7 +450,7 @@ def _flush_stats() -> dict[str, float]:
     from prometheus_client import REGISTRY
 
     def value(name: str) -> float | None:
-        return REGISTRY.get_sample_value(name)  # type: ignore[no-any-return]
+        return REGISTRY.get_sample_value(name)
 
     return {
         "flushes": value("kami_batcher_flush_size_count") or 0.0,
@@ -418,20 +485,39 @@ async def check_sale(database_url: str, sku: str, imported: int) -> dict[str, in
     return r
 
 
-def start_profiles(pids: list[int], seconds: int, out: Path) -> list[tuple[Path, subprocess.Popen[bytes]]]:
+def start_profiles(
+    pids: list[int], seconds: int, out: Path
+) -> list[tuple[Path, subprocess.Popen[bytes]]]:
     """py-spy on each server worker (raw collapsed stacks), for the profile section of
     docs/BENCHMARKS.md. --nonblocking: the workers are not paused while sampled."""
     spy = Path(sys.executable).with_name("py-spy")
     started = []
     for pid in pids:
         path = out / f"profile-{pid}.txt"
-        command = [str(spy), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50",
-                   "--format", "raw", "--nonblocking", "--output", str(path)]  # fmt: skip
-        started.append((path, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        command = [
+            str(spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "50",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(path),
+        ]
+        started.append(
+            (path, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        )
     return started
 
 
-def summarize_profiles(profiles: list[tuple[Path, subprocess.Popen[bytes]]], top: int = 25) -> dict[str, Any]:
+def summarize_profiles(
+    profiles: list[tuple[Path, subprocess.Popen[bytes]]], top: int = 25
+) -> dict[str, Any]:
     """Self and inclusive sample shares per function over all workers' collapsed stacks."""
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
@@ -446,8 +532,12 @@ def summarize_profiles(profiles: list[tuple[Path, subprocess.Popen[bytes]]], top
                 continue
             n = int(count)
             total += n
-            frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 2)[-1] + ")"
-                      if " (" in f else f for f in stack.split(";")]  # fmt: skip
+            frames = [
+                f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 2)[-1] + ")"
+                if " (" in f
+                else f
+                for f in stack.split(";")
+            ]
             own[frames[-1]] = own.get(frames[-1], 0) + n
             for frame in set(frames):
                 inclusive[frame] = inclusive.get(frame, 0) + n
@@ -455,44 +545,84 @@ def summarize_profiles(profiles: list[tuple[Path, subprocess.Popen[bytes]]], top
         return {"samples": 0}
 
     def share(d: dict[str, int]) -> dict[str, float]:
-        return {k: round(100 * v / total, 1) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]}
+        return {
+            k: round(100 * v / total, 1) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        }
 
-    return {"samples": total, "self_pct": share(own), "inclusive_pct": share(inclusive),
-            "files": [str(p) for p, _ in profiles]}  # fmt: skip
+    return {
+        "samples": total,
+        "self_pct": share(own),
+        "inclusive_pct": share(inclusive),
+        "files": [str(p) for p, _ in profiles],
+    }
 
 
 def http_scenarios(
-    sizes: Sizes, base_url: str, skip_url: str | None, api_key: str, sku: str, out: Path, processes: int,
+    sizes: Sizes,
+    base_url: str,
+    skip_url: str | None,
+    api_key: str,
+    sku: str,
+    out: Path,
+    processes: int,
     profile_pids: list[int] | None = None,
 ) -> dict[str, Any]:
     runs: dict[str, LoadResult] = {}
     log(f"http: kami saturation, {sizes.users} users for {sizes.saturation_s}s")
-    profiles = start_profiles(profile_pids, max(sizes.saturation_s - 4, 2), out) if profile_pids else []
+    profiles = (
+        start_profiles(profile_pids, max(sizes.saturation_s - 4, 2), out) if profile_pids else []
+    )
     runs["kami_saturation"] = run_locust(
-        "kami_saturation", base_url, out, users=sizes.users, seconds=sizes.saturation_s,
-        api_key=api_key, sku=sku, processes=processes,
-    )  # fmt: skip
+        "kami_saturation",
+        base_url,
+        out,
+        users=sizes.users,
+        seconds=sizes.saturation_s,
+        api_key=api_key,
+        sku=sku,
+        processes=processes,
+    )
     profile = summarize_profiles(profiles) if profiles else None
     peak = runs["kami_saturation"].peak_rps
     users, per_user = paced_users(0.8 * peak, 16)
     log(f"http: kami at 80% of peak ({0.8 * peak:,.0f}/s: {users} users x {per_user:.1f}/s)")
     runs["kami_at_80pct"] = run_locust(
-        "kami_at_80pct", base_url, out, users=users, seconds=sizes.paced_s, user_rps=per_user,
-        api_key=api_key, sku=sku, processes=processes,
-    )  # fmt: skip
+        "kami_at_80pct",
+        base_url,
+        out,
+        users=users,
+        seconds=sizes.paced_s,
+        user_rps=per_user,
+        api_key=api_key,
+        sku=sku,
+        processes=processes,
+    )
     log("http: no-op endpoint saturation")
     runs["noop"] = run_locust(
-        "noop", base_url, out, users=sizes.users, seconds=sizes.baseline_s, mode="noop",
+        "noop",
+        base_url,
+        out,
+        users=sizes.users,
+        seconds=sizes.baseline_s,
+        mode="noop",
         processes=processes,
-    )  # fmt: skip
+    )
     if skip_url is not None:
         log("http: skip_locked saturation")
         runs["skip_locked"] = run_locust(
-            "skip_locked", skip_url, out, users=sizes.users, seconds=sizes.baseline_s,
-            sku=f"{sku}-SKIP", processes=processes,
-        )  # fmt: skip
+            "skip_locked",
+            skip_url,
+            out,
+            users=sizes.users,
+            seconds=sizes.baseline_s,
+            sku=f"{sku}-SKIP",
+            processes=processes,
+        )
     for name, r in runs.items():
-        log(f"  {name}: peak {r.peak_rps:,.0f}/s ok {r.ok_rps:,.0f}/s p50 {r.p50_ms} p99 {r.p99_ms} errors {r.errors}")
+        log(
+            f"  {name}: peak {r.peak_rps:,.0f}/s ok {r.ok_rps:,.0f}/s "
+            f"p50 {r.p50_ms} p99 {r.p99_ms} errors {r.errors}"
+        )
     result: dict[str, Any] = {name: r.as_dict() for name, r in runs.items()}
     if profile is not None:
         result["profile"] = profile
@@ -505,16 +635,28 @@ def http_scenarios(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="scaled-down run (< 2 min)")
-    parser.add_argument("--target", help="benchmark this running Kami (needs KAMI_ADMIN_TOKEN, "
-                        "KAMI_DATABASE_URL, KAMI_REDIS_URL, KAMI_MASTER_KEY of that deployment)")
+    parser.add_argument(
+        "--target",
+        help="benchmark this running Kami (needs KAMI_ADMIN_TOKEN, "
+        "KAMI_DATABASE_URL, KAMI_REDIS_URL, KAMI_MASTER_KEY of that deployment)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="server workers (default 2)")
-    parser.add_argument("--server", choices=["granian", "uvicorn"], default=os.environ.get("KAMI_SERVER", "granian"))
+    parser.add_argument(
+        "--server", choices=["granian", "uvicorn"], default=os.environ.get("KAMI_SERVER", "granian")
+    )
     parser.add_argument("--locust-processes", type=int, default=2)
-    parser.add_argument("--skip", default="", help="comma-separated scenarios to skip: micro,pool,engine,http,import")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated scenarios to skip: micro,pool,engine,http,import",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs, CSVs)")
-    parser.add_argument("--profile", action="store_true",
-                        help="py-spy the server workers during the saturation run (own server only)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the server workers during the saturation run (own server only)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     from engine.logging import configure
@@ -532,20 +674,34 @@ def main(argv: list[str] | None = None) -> int:
         "kind": "quick" if args.quick else "full",
         "commit": git_commit(),
         "machine": machine(),
-        "config": {"server": args.server, "workers": args.workers, "locust_processes": args.locust_processes,
-                   "sizes": sizes.__dict__, "target": args.target},
-    }  # fmt: skip
+        "config": {
+            "server": args.server,
+            "workers": args.workers,
+            "locust_processes": args.locust_processes,
+            "sizes": sizes.__dict__,
+            "target": args.target,
+        },
+    }
 
     with contextlib.ExitStack() as stack:
         if args.target:
-            env = {k: os.environ[k] for k in ("KAMI_DATABASE_URL", "KAMI_REDIS_URL", "KAMI_MASTER_KEY", "KAMI_ADMIN_TOKEN")}
+            env = {
+                k: os.environ[k]
+                for k in (
+                    "KAMI_DATABASE_URL",
+                    "KAMI_REDIS_URL",
+                    "KAMI_MASTER_KEY",
+                    "KAMI_ADMIN_TOKEN",
+                )
+            }
             base_url = args.target.rstrip("/")
         else:
             from engine.storage.embedded import EmbeddedStores
 
             stores = EmbeddedStores(work / "var").start()
             stack.callback(stores.stop)
-            assert stores.database_url is not None and stores.redis_url is not None
+            assert stores.database_url is not None
+            assert stores.redis_url is not None
             env = {
                 "KAMI_DATABASE_URL": stores.database_url,
                 "KAMI_REDIS_URL": stores.redis_url,
@@ -553,14 +709,33 @@ def main(argv: list[str] | None = None) -> int:
                 "KAMI_ADMIN_TOKEN": "kami_admin_" + secrets.token_urlsafe(24),
             }
             port = free_port()
-            server_env = {k: v for k, v in os.environ.items() if not k.startswith(("KAMI_", "PROMETHEUS_"))}
-            server_env.update(env, KAMI_LOG_LEVEL="warning", KAMI_SERVER=args.server, KAMI_DATA_DIR=str(work / "srv"))
+            server_env = {
+                k: v for k, v in os.environ.items() if not k.startswith(("KAMI_", "PROMETHEUS_"))
+            }
+            server_env.update(
+                env,
+                KAMI_LOG_LEVEL="warning",
+                KAMI_SERVER=args.server,
+                KAMI_DATA_DIR=str(work / "srv"),
+            )
             kami = str(Path(sys.executable).with_name("kami"))
             log(f"starting kami serve ({args.server}, {args.workers} workers)")
-            server = stack.enter_context(process(
-                [kami, "serve", "--port", str(port), "--workers", str(args.workers), "--no-demo"],
-                server_env, f"http://127.0.0.1:{port}/readyz", work / "kami.log",
-            ))  # fmt: skip
+            server = stack.enter_context(
+                process(
+                    [
+                        kami,
+                        "serve",
+                        "--port",
+                        str(port),
+                        "--workers",
+                        str(args.workers),
+                        "--no-demo",
+                    ],
+                    server_env,
+                    f"http://127.0.0.1:{port}/readyz",
+                    work / "kami.log",
+                )
+            )
             base_url = f"http://127.0.0.1:{port}"
         report["stores"] = {"embedded": not args.target, "same_for_all_baselines": True}
 
@@ -569,12 +744,20 @@ def main(argv: list[str] | None = None) -> int:
         setup = setup_sale(base_url, env["KAMI_ADMIN_TOKEN"], [sale_sku, engine_sku, import_sku])
 
         async def prepare() -> None:
-            log(f"importing {sizes.sale_keys:,} sale keys and {sizes.engine_requests:,} engine keys")
+            log(
+                f"importing {sizes.sale_keys:,} sale keys and {sizes.engine_requests:,} engine keys"
+            )
             await import_codes(env, sale_sku, sizes.sale_keys, work)
-            await import_codes(env, engine_sku, len(sizes.engine_concurrency) * sizes.engine_requests + 1, work)
+            await import_codes(
+                env, engine_sku, len(sizes.engine_concurrency) * sizes.engine_requests + 1, work
+            )
             conn = await asyncpg.connect(env["KAMI_DATABASE_URL"])
             try:
-                await skip_locked.prepare(conn, f"{engine_sku}-SKIP", len(sizes.engine_concurrency) * sizes.engine_requests + 1)
+                await skip_locked.prepare(
+                    conn,
+                    f"{engine_sku}-SKIP",
+                    len(sizes.engine_concurrency) * sizes.engine_requests + 1,
+                )
                 await skip_locked.prepare(conn, f"{sale_sku}-SKIP", sizes.sale_keys)
             finally:
                 await conn.close()
@@ -592,23 +775,44 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "http" not in skip:
             skip_port = free_port()
-            skip_env = dict(os.environ, BENCH_SKIP_DSN=env["KAMI_DATABASE_URL"], PYTHONPATH=str(ROOT))
-            skip_server = stack.enter_context(process(
-                [sys.executable, "-m", "bench.skip_locked", args.server, str(skip_port), str(args.workers)],
-                skip_env, f"http://127.0.0.1:{skip_port}/livez", work / "skip_locked.log",
-            ))  # fmt: skip
+            skip_env = dict(
+                os.environ, BENCH_SKIP_DSN=env["KAMI_DATABASE_URL"], PYTHONPATH=str(ROOT)
+            )
+            skip_server = stack.enter_context(
+                process(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.skip_locked",
+                        args.server,
+                        str(skip_port),
+                        str(args.workers),
+                    ],
+                    skip_env,
+                    f"http://127.0.0.1:{skip_port}/livez",
+                    work / "skip_locked.log",
+                )
+            )
             pids = None
             if args.profile and not args.target:
                 import psutil
 
                 pids = [c.pid for c in psutil.Process(server.pid).children(recursive=True)]
             report["http"] = http_scenarios(
-                sizes, base_url, f"http://127.0.0.1:{skip_port}", setup["api_key"], sale_sku,
-                work, args.locust_processes, pids,
-            )  # fmt: skip
+                sizes,
+                base_url,
+                f"http://127.0.0.1:{skip_port}",
+                setup["api_key"],
+                sale_sku,
+                work,
+                args.locust_processes,
+                pids,
+            )
             skip_server.send_signal(signal.SIGINT)
             created = sum(
-                r["requests"] - r["failures"] for k, r in report["http"].items() if k.startswith("kami_")
+                r["requests"] - r["failures"]
+                for k, r in report["http"].items()
+                if k.startswith("kami_")
             )
             check = asyncio.run(check_sale(env["KAMI_DATABASE_URL"], sale_sku, sizes.sale_keys))
             check["responses_201"] = created
@@ -619,10 +823,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"import: {sizes.import_keys:,} generated keys end to end (import_file)")
             seconds = asyncio.run(import_codes(env, import_sku, sizes.import_keys, work))
             report["import"] = {
-                "keys": sizes.import_keys, "seconds": seconds, "per_s": sizes.import_keys / seconds,
+                "keys": sizes.import_keys,
+                "seconds": seconds,
+                "per_s": sizes.import_keys / seconds,
                 "import_1m_s": seconds * 1_000_000 / sizes.import_keys,
                 "extrapolated": sizes.import_keys != 1_000_000,
-            }  # fmt: skip
+            }
             log(f"import: {seconds:.2f}s ({sizes.import_keys / seconds:,.0f} keys/s)")
 
     if not args.keep:
@@ -638,7 +844,10 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "latest.png").write_bytes(chart.read_bytes())
     log(f"wrote {path} and latest.json; {report['elapsed_s']}s")
     for name, goal in report["goals"].items():
-        log(f"  goal {name}: {'met' if goal['met'] else 'NOT met'} ({goal['value']} vs {goal['target']})")
+        log(
+            f"  goal {name}: {'met' if goal['met'] else 'NOT met'} "
+            f"({goal['value']} {goal['op']} {goal['target']}?)"
+        )
     return 0
 
 
@@ -664,17 +873,38 @@ def summarize(report: dict[str, Any]) -> None:
     report["ratios"] = {
         "pool_vs_redis_py": _ratio(kami_pool, redis_py),
         "pool_vs_evalsha": _ratio(kami_pool, evalsha),
-        "engine_vs_skip_locked": _ratio(engine.get("kami", {}).get("per_s"), engine.get("skip_locked", {}).get("per_s")),
+        "engine_vs_skip_locked": _ratio(
+            engine.get("kami", {}).get("per_s"), engine.get("skip_locked", {}).get("per_s")
+        ),
         "http_vs_noop": _ratio(sat.get("peak_rps"), http.get("noop", {}).get("peak_rps")),
-        "http_vs_skip_locked": _ratio(sat.get("peak_rps"), http.get("skip_locked", {}).get("peak_rps")),
-    }  # fmt: skip
+        "http_vs_skip_locked": _ratio(
+            sat.get("peak_rps"), http.get("skip_locked", {}).get("peak_rps")
+        ),
+    }
     report["ratio_inputs"] = {
-        "pool_vs_redis_py": {"concurrency": int(top), "kami_takes_per_s": kami_pool, "redis_py_takes_per_s": redis_py},
-        "pool_vs_evalsha": {"concurrency": int(top), "kami_takes_per_s": kami_pool, "redis_benchmark_evalsha_per_s": evalsha},
-        "engine_vs_skip_locked": {"kami_per_s": engine.get("kami", {}).get("per_s"), "skip_locked_per_s": engine.get("skip_locked", {}).get("per_s")},
-        "http_vs_noop": {"issuance_peak_rps": sat.get("peak_rps"), "noop_peak_rps": http.get("noop", {}).get("peak_rps")},
-        "http_vs_skip_locked": {"issuance_peak_rps": sat.get("peak_rps"), "skip_locked_peak_rps": http.get("skip_locked", {}).get("peak_rps")},
-    }  # fmt: skip
+        "pool_vs_redis_py": {
+            "concurrency": int(top),
+            "kami_takes_per_s": kami_pool,
+            "redis_py_takes_per_s": redis_py,
+        },
+        "pool_vs_evalsha": {
+            "concurrency": int(top),
+            "kami_takes_per_s": kami_pool,
+            "redis_benchmark_evalsha_per_s": evalsha,
+        },
+        "engine_vs_skip_locked": {
+            "kami_per_s": engine.get("kami", {}).get("per_s"),
+            "skip_locked_per_s": engine.get("skip_locked", {}).get("per_s"),
+        },
+        "http_vs_noop": {
+            "issuance_peak_rps": sat.get("peak_rps"),
+            "noop_peak_rps": http.get("noop", {}).get("peak_rps"),
+        },
+        "http_vs_skip_locked": {
+            "issuance_peak_rps": sat.get("peak_rps"),
+            "skip_locked_peak_rps": http.get("skip_locked", {}).get("peak_rps"),
+        },
+    }
     report["http"] = {
         **http,
         "peak_rps": sat.get("peak_rps"),

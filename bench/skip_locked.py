@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from fastapi import FastAPI, Header, HTTPException
 
 SCHEMA = "bench_skip"
@@ -63,7 +64,9 @@ async def prepare(conn: asyncpg.Connection, sku: str, count: int) -> None:
     await conn.execute(f"ANALYZE {SCHEMA}.card_keys")
 
 
-async def take_one(conn: asyncpg.Connection, sku: str, idempotency_key: str) -> str | None:
+async def take_one(
+    conn: asyncpg.Connection | PoolConnectionProxy[Any], sku: str, idempotency_key: str
+) -> str | None:
     async with conn.transaction():
         row = await conn.fetchrow(TAKE, sku)
         if row is None:
