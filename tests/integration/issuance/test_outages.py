@@ -48,11 +48,15 @@ async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield c
 
 
-def _settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
+def _settings(
+    database_url: str, redis_url: str, tmp_path: Path, master_key: str | None = None
+) -> Settings:
+    # A database shared with the session's other tests already holds data keys wrapped by
+    # the session's master key; a private database may take a fresh one.
     return Settings(
         database_url=SecretStr(database_url),
         redis_url=SecretStr(redis_url),
-        master_key=SecretStr(base64.b64encode(secrets.token_bytes(32)).decode()),
+        master_key=SecretStr(master_key or base64.b64encode(secrets.token_bytes(32)).decode()),
         redis_namespace=f"outage-{secrets.token_hex(3)}",
         data_dir=tmp_path / "data",
         _env_file=None,  # type: ignore[call-arg]
@@ -73,9 +77,9 @@ async def _owner_token(database_url: str) -> str:
 
 
 async def test_redis_down_is_503_pool_unavailable_and_nothing_is_charged(
-    database_url: str, private_redis: Server, tmp_path: Path
+    database_url: str, master_key: str, private_redis: Server, tmp_path: Path
 ) -> None:
-    settings = _settings(database_url, private_redis.url, tmp_path)
+    settings = _settings(database_url, private_redis.url, tmp_path, master_key)
     token = await _operator_token(database_url)
     async for client in _client(settings):
         shop = await make_shop(client, token, keys=5)
