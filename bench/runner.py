@@ -66,7 +66,7 @@ QUICK = Sizes(
     paced_s=8,
     baseline_s=7,
     import_keys=100_000,
-    micro_filter="decrypt_many or encrypt_many or fingerprint_many or price",
+    micro_filter="decrypt_many or encrypt_many or fingerprint_many or terms",
 )
 FULL = Sizes(
     pool_takes=40_000,
