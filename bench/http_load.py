@@ -136,7 +136,8 @@ def run_locust(
 
 
 def paced_users(target_rps: float, minimum: int) -> tuple[int, float]:
-    """Users and per-user rate for a paced run at `target_rps` (each user at most 40/s, so
-    a user is never its own bottleneck at tens of milliseconds of latency)."""
-    users = max(minimum, math.ceil(target_rps / 40))
+    """Users and per-user rate for a paced run at `target_rps`. Each user paces itself to at
+    most 8 requests/s, so it stays on schedule up to ~120 ms of latency: a user waiting on
+    a slow answer would otherwise lower the offered load (coordinated omission)."""
+    users = max(minimum, math.ceil(target_rps / 8))
     return users, target_rps / users
