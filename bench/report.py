@@ -73,7 +73,8 @@ def draw_chart(report: dict[str, Any], path: Path) -> Path | None:
     for impl in ("kami", "redis_py", "redis_benchmark"):
         for c, r in pool.get(impl, {}).items():
             if isinstance(r, dict) and r.get("per_s"):
-                bars.append((f"pool {impl}\nc={c}", r["per_s"], colours[impl]))
+                short = "EVALSHA" if impl == "redis_benchmark" else impl
+                bars.append((f"pool\n{short}\nc={c}", r["per_s"], colours[impl]))
                 if r.get("p99_ms") is not None:
                     lat.append((f"pool {impl} c={c}", r["p50_ms"], r["p95_ms"], r["p99_ms"]))
     engine = report.get("engine", {})
@@ -105,7 +106,7 @@ def draw_chart(report: dict[str, Any], path: Path) -> Path | None:
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(14, 11))
     ax1.bar(range(len(bars)), [b[1] for b in bars], color=[b[2] for b in bars])
-    ax1.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
+    ax1.set_xticks(range(len(bars)), [b[0].replace("_", " ") for b in bars], fontsize=7)
     ax1.set_yscale("log")
     ax1.set_ylabel("per second (log)")
     for i, b in enumerate(bars):
