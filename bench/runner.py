@@ -912,7 +912,9 @@ def summarize(report: dict[str, Any]) -> None:
         "p95_ms_at_80pct": at80.get("p95_ms"),
         "p99_ms_at_80pct": at80.get("p99_ms"),
         "rps_at_80pct": at80.get("ok_rps"),
-        "errors_by_code": {k: v.get("errors") for k, v in http.items() if isinstance(v, dict)},
+        "errors_by_code": {
+            k: v["errors"] for k, v in http.items() if isinstance(v, dict) and "errors" in v
+        },
     }
     report["decrypt_per_s_core"] = decrypt
     report["import_1m_s"] = report.get("import", {}).get("import_1m_s")
