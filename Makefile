@@ -69,6 +69,12 @@ test-integration: build ## Integration tests (real PostgreSQL and Redis)
 test-e2e: build ## End-to-end tests (real server processes)
 	$(BIN)/pytest tests/e2e
 
+bench: build ## Full bench suite (< 20 min): scenarios, baselines, goals -> bench/results/
+	$(BIN)/python -m bench
+
+bench-quick: build ## Scaled-down bench suite (< 2 min); fills every field of latest.json
+	$(BIN)/python -m bench --quick
+
 lock: $(BIN)/python ## Re-resolve requirements/lock.txt from pyproject.toml's ranges
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip freeze --exclude-editable | grep -v '^kami' > $(LOCK)

@@ -14,7 +14,7 @@ from engine.runtime import Runtime
 _bearer = HTTPBearer(auto_error=False, description="An operator token or an agent API key")
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -79,6 +79,8 @@ class Recorded:
     created_at: datetime | None = None
     expires_at: dict[int, datetime | None] = field(default_factory=dict)
     balance_after: int | None = None
+    # The agent's spendable funds (credit limit - balance) this commit left.
+    spendable_after: int | None = None
     # For an integrity alarm: the entries the database says are not available.
     unavailable: frozenset[int] = frozenset()
 
@@ -290,6 +292,7 @@ class GroupCommitRecorder:
                 created_at=row["created_at"],
                 expires_at={e: batch_expiry.get(batch_ids[e]) for e in items[i].entry_ids},
                 balance_after=-balance[items[i].agent_id],
+                spendable_after=limit[items[i].agent_id] - balance[items[i].agent_id],
             )
         return [r if r is not None else Recorded(Outcome.REPLAY) for r in results]
 

@@ -75,18 +75,32 @@ def holder_for(agent_id: int, idempotency_key: str) -> str:
 
 
 class BalanceCache:
-    """Each agent's spendable funds (balance + credit limit), refreshed at most every
-    second: a cheap pre-check so an agent without funds takes nothing from the pool. The
-    commit re-checks under a row lock; this only saves work."""
+    """Each agent's spendable funds (balance + credit limit), kept at most a second: a
+    cheap pre-check so an agent without funds takes nothing from the pool. The commit
+    re-checks under a row lock; this only saves work.
+
+    A value read from the database answers both ways for its second. A value a commit
+    reported (`update`) only answers "enough": a shortfall is read again, so a deposit
+    made right after a purchase is never hidden by it."""
 
     def __init__(self, ttl_s: float = BALANCE_TTL_S) -> None:
         self._ttl_s = ttl_s
-        self._funds: dict[int, tuple[float, int]] = {}
+        # agent -> (expiry, spendable, read from the database)
+        self._funds: dict[int, tuple[float, int, bool]] = {}
+
+    async def covers(self, db: asyncpg.Pool, agent_id: int, amount: int) -> bool:
+        cached = self._funds.get(agent_id)
+        if cached is not None and cached[0] > time.monotonic():
+            if cached[1] >= amount:
+                return True
+            if cached[2]:
+                return False
+        return await self.spendable(db, agent_id) >= amount
 
     async def spendable(self, db: asyncpg.Pool, agent_id: int) -> int:
         now = time.monotonic()
         cached = self._funds.get(agent_id)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > now and cached[2]:
             return cached[1]
         funds: int | None = await db.fetchval(
             "SELECT a.credit_limit - acc.balance FROM agents a JOIN accounts acc "
@@ -95,11 +109,12 @@ class BalanceCache:
             agent_account_code(agent_id),
         )
         spendable = funds or 0
-        self._funds[agent_id] = (now + self._ttl_s, spendable)
+        self._funds[agent_id] = (now + self._ttl_s, spendable, True)
         return spendable
 
     def update(self, agent_id: int, spendable: int) -> None:
-        self._funds[agent_id] = (time.monotonic() + self._ttl_s, spendable)
+        """What a commit saw under the agent's row lock; trusted only when it is enough."""
+        self._funds[agent_id] = (time.monotonic() + self._ttl_s, spendable, False)
 
     def forget(self, agent_id: int) -> None:
         self._funds.pop(agent_id, None)
@@ -167,7 +182,7 @@ class IssuanceService:
     ) -> Issuance:
         terms = await self._terms.terms(self._db, agent.level_id, sku)
         amount = terms.unit_price * quantity
-        if amount > 0 and await self._balances.spendable(self._db, agent.agent_id) < amount:
+        if amount > 0 and not await self._balances.covers(self._db, agent.agent_id, amount):
             # A retry of a committed request must still replay, whatever the balance now.
             replay = await self._stored(agent.agent_id, idempotency_key)
             if replay is not None:
@@ -213,7 +228,11 @@ class IssuanceService:
         pending: PendingIssuance,
         recorded: Recorded,
     ) -> Issuance:
-        if recorded.balance_after is not None:
+        if recorded.spendable_after is not None:
+            # Without this, every commit emptied the cache and the next request of the
+            # agent paid a database round trip for its pre-check (one per issuance in a sale).
+            self._balances.update(agent.agent_id, recorded.spendable_after)
+        elif recorded.balance_after is not None:
             self._balances.forget(agent.agent_id)
         if recorded.outcome is Outcome.COMMITTED:
             assert recorded.public_id is not None
