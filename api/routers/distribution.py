@@ -169,7 +169,7 @@ async def create_deposit(
             detail,
         )
 
-    return await operator_write(
+    response = await operator_write(
         request,
         runtime,
         operator,
@@ -177,3 +177,6 @@ async def create_deposit(
         payload={"agent_id": agent_id, **body.model_dump(mode="json")},
         work=work,
     )
+    # This worker's issuance pre-check sees the new funds at once (others within a second).
+    request.app.state.issuance.balances.forget(agent_id)
+    return response

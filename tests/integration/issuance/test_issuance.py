@@ -265,3 +265,14 @@ async def test_a_body_over_the_limit_is_413(shop: Shop) -> None:
     )
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
+
+
+async def test_a_deposit_is_spendable_at_once(
+    app_client: httpx.AsyncClient, operator_token: str
+) -> None:
+    broke = await make_shop(app_client, operator_token, keys=3, deposit=0)
+    assert (await broke.issue(1)).status_code == 402
+    await broke.client.post(
+        f"/v1/agents/{broke.agent_id}/deposits", json={"amount": 5000}, headers=broke.operator
+    )
+    assert (await broke.issue(1)).status_code == 201
