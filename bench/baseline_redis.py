@@ -48,8 +48,10 @@ def redis_py_client(url: str, connections: int) -> aioredis.Redis:
 async def redis_py_take(
     client: aioredis.Redis, sha: str, tag: str, holder: str, quantity: int = 1
 ) -> list[Any]:
+    """One take; the reply of a one-request batch, `[status, count, value...]`
+    (status 0: the entries follow; see the header of core_rs/src/pool/lua/ops.lua)."""
     reply: list[Any] = await client.evalsha(sha, 1, tag, *take_args(holder, quantity))
-    return reply[0]  # type: ignore[no-any-return]
+    return reply
 
 
 async def load_script(client: aioredis.Redis) -> str:
