@@ -18,6 +18,7 @@ __all__ = [
     "PoolUnavailable",
     "__version__",
     "constant_time_eq",
+    "distinct_by_fingerprint",
     "fingerprint",
     "fingerprint_many",
     "normalize_code",
@@ -123,6 +124,13 @@ def fingerprint(key: bytes, code: str) -> bytes:
 
 def fingerprint_many(key: bytes, codes: Sequence[str]) -> list[bytes]:
     """`fingerprint` of each code, in order, without holding the GIL."""
+
+def distinct_by_fingerprint(
+    key: bytes, codes: Sequence[str]
+) -> tuple[list[bytes], list[str], int]:
+    """The distinct non-empty codes by fingerprint, in fingerprint order, without the GIL:
+    `(fingerprints, codes, duplicates)`, keeping each code's first occurrence and counting
+    the later ones."""
 
 def normalize_code(code: str) -> str:
     """Unicode whitespace trimmed at both ends, then Unicode NFC. Nothing else.
@@ -258,6 +266,18 @@ class Pool:
         bucket remembers the highest id it received and skips ids not above it, so load a
         bucket's entries in increasing id order across calls. Ids and priorities < 2**53.
         """
+    def load_sorted(
+        self,
+        sku: str,
+        ids: Sequence[int],
+        ciphertexts: Sequence[bytes],
+        *,
+        priority: int,
+        batch: int,
+    ) -> Future[int]:
+        """Add one batch's entries of one ``priority``: ``ids`` strictly increasing, with
+        their ``ciphertexts``; returns the new count. The bulk form of ``load``, with the
+        same idempotency contract."""
     def reserve(
         self, sku: str, holder: str, quantity: int, ttl_ms: int, *, batch: int | None = None
     ) -> Future[list[tuple[int, bytes]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, NoReturn
 
 import structlog
@@ -24,8 +25,8 @@ from engine.catalog.service import (
 )
 from engine.errors import CommonError, DomainError
 from engine.inventory.files import read_codes_file, screen_codes
-from engine.inventory.pools import publish_batch
-from engine.inventory.service import add_codes
+from engine.inventory.pools import ensure_present, publish_batch
+from engine.inventory.service import BatchResult, add_codes
 from engine.issuance.errors import IssuanceError
 from engine.runtime import Runtime
 from engine.storage.db import Connection
@@ -68,7 +69,7 @@ async def create(
         )
         return _public(product, StockCounts(0, 0, 0)), f"product:{body.sku}", None
 
-    return await operator_write(
+    response = await operator_write(
         request,
         runtime,
         operator,
@@ -76,6 +77,15 @@ async def create(
         payload=body.model_dump(mode="json"),
         work=work,
     )
+    if response.status_code == status.HTTP_201_CREATED:
+        # An (empty) pool from the start: the first batch then loads into it from memory
+        # instead of rebuilding it from PostgreSQL. Without Redis now, that rebuild happens
+        # later, when the pool is first found missing.
+        try:
+            await ensure_present(runtime.db, runtime.pool, body.sku)
+        except EngineError as exc:
+            log.warning("pool_create_deferred", sku=body.sku, error=type(exc).__name__)
+    return response
 
 
 @router.get("/{sku}", response_model=ProductPublic, summary="A product with its stock")
@@ -147,7 +157,7 @@ async def import_batch(
                 f"product:{sku}",
                 {"batch_id": result.batch_id, "accepted": result.accepted},
             )
-        await _publish(runtime, sku, result.batch_id)
+        await _publish(runtime, sku, result, payload["expires_at"])
         body = BatchPublic(
             batch_id=result.batch_id,
             accepted=result.accepted,
@@ -161,13 +171,22 @@ async def import_batch(
     return await run_idempotent(request, runtime, operator.owner_label, fingerprint, work)
 
 
-async def _publish(runtime: Runtime, sku: str, batch_id: int) -> None:
+async def _publish(
+    runtime: Runtime, sku: str, batch: BatchResult, expires_at: datetime | None
+) -> None:
     """The batch is committed; making it available in Redis may fail without losing it:
     the pool is rebuilt from PostgreSQL when it is found missing or short."""
     try:
-        await publish_batch(runtime.db, runtime.pool, sku, batch_id)
+        await publish_batch(
+            runtime.db,
+            runtime.pool,
+            sku,
+            batch.batch_id,
+            keys=batch.keys,
+            expires_at=expires_at,
+        )
     except EngineError as exc:
-        log.error("pool_publish_failed", sku=sku, batch_id=batch_id, error=type(exc).__name__)
+        log.error("pool_publish_failed", sku=sku, batch_id=batch.batch_id, error=type(exc).__name__)
         raise DomainError(
             IssuanceError.POOL_UNAVAILABLE,
             "The batch was saved but the key pool is unavailable; "

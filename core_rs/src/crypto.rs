@@ -479,6 +479,52 @@ impl Fingerprinter {
         mac.update(normalize_code(code).as_bytes());
         mac.finalize().into_bytes().into()
     }
+
+    /// The first occurrence of each distinct fingerprint among the non-empty `codes`, as
+    /// (fingerprint, index into `codes`), in fingerprint order. Imports insert in this order:
+    /// the unique index on fingerprints then grows by appending instead of at random pages.
+    /// Large inputs are fingerprinted on every core (HMAC is most of the work).
+    pub fn distinct_sorted<S: AsRef<str> + Sync>(
+        &self,
+        codes: &[S],
+    ) -> Vec<([u8; FINGERPRINT_LEN], usize)> {
+        const PER_THREAD_MIN: usize = 50_000;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(codes.len() / PER_THREAD_MIN)
+            .max(1);
+        let chunk = codes.len().div_ceil(threads).max(1);
+        let fingerprint_chunk = |start: usize, part: &[S]| {
+            part.iter()
+                .enumerate()
+                .filter(|(_, code)| !code.as_ref().is_empty())
+                .map(|(offset, code)| (self.fingerprint(code.as_ref()), start + offset))
+                .collect::<Vec<_>>()
+        };
+        let mut entries: Vec<([u8; FINGERPRINT_LEN], usize)> = if threads == 1 {
+            fingerprint_chunk(0, codes)
+        } else {
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = codes
+                    .chunks(chunk)
+                    .enumerate()
+                    .map(|(n, part)| scope.spawn(move || fingerprint_chunk(n * chunk, part)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|worker| {
+                        worker
+                            .join()
+                            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                    })
+                    .collect()
+            })
+        };
+        // Sorting by (fingerprint, index) puts each fingerprint's first occurrence first.
+        entries.sort_unstable();
+        entries.dedup_by(|later, earlier| later.0 == earlier.0);
+        entries
+    }
 }
 
 /// Compares two byte strings without an early exit on the first difference. Lengths are
@@ -696,6 +742,45 @@ mod tests {
         let mut bad_version = ct.clone();
         bad_version[0] = 2;
         assert!(key_id_of(&bad_version).is_err());
+    }
+
+    #[test]
+    fn distinct_sorted_keeps_first_occurrences_in_fingerprint_order() {
+        let fp = Fingerprinter::new(&[7; 32]).expect("key");
+        // " b" normalises to "b": a duplicate of index 1. Empty codes are skipped.
+        let codes = ["c", "b", "", "a", " b", "c", "d"];
+        let distinct = fp.distinct_sorted(&codes);
+        let mut expected: Vec<([u8; FINGERPRINT_LEN], usize)> = [0, 1, 3, 6]
+            .into_iter()
+            .map(|index| (fp.fingerprint(codes[index]), index))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(distinct, expected);
+        assert!(distinct.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        assert!(fp.distinct_sorted::<&str>(&[]).is_empty());
+    }
+
+    #[test]
+    fn distinct_sorted_is_the_same_on_many_threads() {
+        let fp = Fingerprinter::new(&[9; 32]).expect("key");
+        // Enough codes for several threads; every third one repeats an earlier code.
+        let codes: Vec<String> = (0..200_000)
+            .map(|n| {
+                if n % 3 == 2 {
+                    format!("K{}", n / 7)
+                } else {
+                    format!("K{n}")
+                }
+            })
+            .collect();
+        let distinct = fp.distinct_sorted(&codes);
+        let mut first_seen = std::collections::HashMap::new();
+        for (index, code) in codes.iter().enumerate() {
+            first_seen.entry(fp.fingerprint(code)).or_insert(index);
+        }
+        let mut expected: Vec<_> = first_seen.into_iter().collect();
+        expected.sort_unstable();
+        assert_eq!(distinct, expected);
     }
 
     #[test]

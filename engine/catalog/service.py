@@ -91,14 +91,22 @@ class StockCounts:
 
 
 async def stock_counts(conn: Executor, product_id: int) -> StockCounts:
-    """Counts by state from PostgreSQL, the source of truth (revoked keys are not stock)."""
+    """Counts by state from PostgreSQL, the source of truth (revoked keys are not stock).
+
+    Only keys that left 'available' are indexed by state; the available ones are the
+    batches' accepted total minus every other state.
+    """
+    total = await conn.fetchval(
+        "SELECT coalesce(sum(accepted), 0) FROM batches WHERE product_id = $1", product_id
+    )
     rows = await conn.fetch(
-        "SELECT state, count(*) AS n FROM card_keys WHERE product_id = $1 GROUP BY state",
+        "SELECT state, count(*) AS n FROM card_keys "
+        "WHERE product_id = $1 AND state <> 'available' GROUP BY state",
         product_id,
     )
     counts = {row["state"]: row["n"] for row in rows}
     return StockCounts(
-        available=counts.get("available", 0),
+        available=int(total) - sum(counts.values()),
         held=counts.get("held", 0),
         issued=counts.get("issued", 0),
     )

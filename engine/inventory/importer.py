@@ -85,7 +85,12 @@ async def import_file(
                 {"batch_id": result.batch_id, "accepted": result.accepted, "file": path.name},
             )
         published = await publish_batch(
-            db, Pool(redis_url, namespace=namespace), sku, result.batch_id
+            db,
+            Pool(redis_url, namespace=namespace),
+            sku,
+            result.batch_id,
+            keys=result.keys,
+            expires_at=expires_at,
         )
         return ImportReport(result, rejected, published)
     finally:

@@ -37,10 +37,13 @@ async def load_batch(
     sku: str,
     batch_id: int,
     expires_at: datetime | None,
-    entries: Sequence[tuple[int, bytes]],
+    ids: Sequence[int],
+    ciphertexts: Sequence[bytes],
 ) -> int:
-    rank = priority(expires_at, batch_id)
-    return await pool.load(sku, [(i, c, rank) for i, c in entries], batch=batch_id)
+    """Add a batch's keys (ids in increasing order) to the pool; returns how many were new."""
+    return await pool.load_sorted(
+        sku, ids, ciphertexts, priority=priority(expires_at, batch_id), batch=batch_id
+    )
 
 
 async def rebuild(db: asyncpg.Pool, pool: Pool, sku: str, *, only_if_missing: bool = False) -> int:
@@ -57,8 +60,9 @@ async def rebuild(db: asyncpg.Pool, pool: Pool, sku: str, *, only_if_missing: bo
         if only_if_missing and await pool.exists(sku):
             return 0
         rows = await conn.fetch(
-            "SELECT k.id, k.ciphertext, k.batch_id, b.expires_at FROM card_keys k "
-            "JOIN batches b ON b.id = k.batch_id WHERE k.product_id = $1 AND k.state = 'available'",
+            "SELECT k.id, k.ciphertext, k.batch_id, b.expires_at FROM batches b "
+            "JOIN card_keys k ON k.batch_id = b.id "
+            "WHERE b.product_id = $1 AND k.product_id = $1 AND k.state = 'available'",
             product_id,
         )
         issued = await conn.fetchval(
@@ -82,24 +86,38 @@ async def ensure_present(db: asyncpg.Pool, pool: Pool, sku: str) -> bool:
     return True
 
 
-async def publish_batch(db: asyncpg.Pool, pool: Pool, sku: str, batch_id: int) -> int:
+async def publish_batch(
+    db: asyncpg.Pool,
+    pool: Pool,
+    sku: str,
+    batch_id: int,
+    *,
+    keys: tuple[Sequence[int], Sequence[bytes]] | None = None,
+    expires_at: datetime | None = None,
+) -> int:
     """Make a committed batch's keys available in the pool; returns how many were added.
 
-    A pool Redis does not have yet is built whole from PostgreSQL (which now includes this
-    batch); loading only the batch would leave the product's earlier keys stranded.
+    `keys` — the batch's (ids in increasing order, ciphertexts), with the batch's
+    `expires_at` — spare reading them back when the importer still has them. A pool Redis
+    does not have yet is built whole from PostgreSQL (which now includes this batch);
+    loading only the batch would leave the product's earlier keys stranded.
     """
     if await ensure_present(db, pool, sku):
         return 0  # rebuilt whole from PostgreSQL, this batch included
-    rows = await db.fetch(
-        "SELECT k.id, k.ciphertext, b.expires_at FROM card_keys k JOIN batches b "
-        "ON b.id = k.batch_id WHERE k.batch_id = $1 AND k.state = 'available' ORDER BY k.id",
-        batch_id,
-    )
-    if not rows:
+    if keys is None:
+        rows = await db.fetch(
+            "SELECT k.id, k.ciphertext, b.expires_at FROM card_keys k JOIN batches b "
+            "ON b.id = k.batch_id WHERE k.batch_id = $1 AND k.state = 'available' "
+            "ORDER BY k.id",
+            batch_id,
+        )
+        if not rows:
+            return 0
+        expires_at = rows[0]["expires_at"]
+        keys = ([r["id"] for r in rows], [r["ciphertext"] for r in rows])
+    if not keys[0]:
         return 0
-    return await load_batch(
-        pool, sku, batch_id, rows[0]["expires_at"], [(r["id"], r["ciphertext"]) for r in rows]
-    )
+    return await load_batch(pool, sku, batch_id, expires_at, *keys)
 
 
 async def rebuild_all(settings: Settings, sku: str | None = None) -> dict[str, int]:

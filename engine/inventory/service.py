@@ -9,10 +9,12 @@ product's earlier batches — are counted and skipped; the unique index on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from engine._core import fingerprint_many
+import asyncpg
+
+from engine._core import distinct_by_fingerprint
 from engine.catalog.service import Product
 from engine.crypto.keyring import Keyring
 from engine.storage.db import Connection
@@ -24,6 +26,9 @@ class BatchResult:
     accepted: int
     duplicates: int
     rejected: int
+    # The accepted keys as (ids, ciphertexts) when that is every key of the batch, so the
+    # pool can be loaded without reading them back; None when some were skipped.
+    keys: tuple[list[int], list[bytes]] | None = field(default=None, repr=False, compare=False)
 
 
 async def add_codes(
@@ -45,14 +50,9 @@ async def add_codes(
     normalised them; the fingerprint normalises again, so a stray unnormalised code is
     still found as a duplicate of its normal form.
     """
-    normalized = list(codes)
-    fingerprints = fingerprint_many(keyring.fingerprint_key, normalized)
-    unique: dict[bytes, str] = {}
-    for fp, code in zip(fingerprints, normalized, strict=True):
-        if code:
-            unique.setdefault(fp, code)
-    within_batch_duplicates = sum(1 for code in normalized if code) - len(unique)
-
+    fingerprints, distinct, within_batch_duplicates = distinct_by_fingerprint(
+        keyring.fingerprint_key, codes
+    )
     batch_id: int = await conn.fetchval(
         "INSERT INTO batches (product_id, name, source, unit_cost, expires_at, priority) "
         "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -63,29 +63,11 @@ async def add_codes(
         expires_at,
         priority,
     )
-    ids = await _allocate_ids(conn, len(unique))
-    ciphertexts = keyring.cipher.encrypt_many(
-        product.sku, list(zip(ids, unique.values(), strict=True))
-    )
-    await conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS incoming_keys "
-        "(id bigint, ciphertext bytea, fingerprint bytea) ON COMMIT DELETE ROWS"
-    )
-    await conn.copy_records_to_table(
-        "incoming_keys",
-        records=zip(ids, ciphertexts, unique.keys(), strict=True),
-        columns=["id", "ciphertext", "fingerprint"],
-    )
-    status = await conn.execute(
-        "INSERT INTO card_keys (id, product_id, batch_id, ciphertext, fingerprint) "
-        "SELECT id, $1, $2, ciphertext, fingerprint FROM incoming_keys "
-        "ON CONFLICT (product_id, fingerprint) DO NOTHING",
-        product.id,
-        batch_id,
-    )
-    accepted = int(status.split()[-1])
-    duplicates = within_batch_duplicates + (len(unique) - accepted)
-    await conn.execute("TRUNCATE incoming_keys")
+    # Ids follow fingerprint order, so both unique indexes grow by appending.
+    ids = await _allocate_ids(conn, len(distinct))
+    ciphertexts = keyring.cipher.encrypt_many(product.sku, list(zip(ids, distinct, strict=True)))
+    accepted = await _insert_keys(conn, product.id, batch_id, ids, ciphertexts, fingerprints)
+    duplicates = within_batch_duplicates + (len(distinct) - accepted)
     await conn.execute(
         "UPDATE batches SET accepted = $2, duplicates = $3, rejected = $4 WHERE id = $1",
         batch_id,
@@ -93,7 +75,60 @@ async def add_codes(
         duplicates,
         rejected,
     )
-    return BatchResult(batch_id, accepted, duplicates, rejected)
+    # Every distinct key went in: the pool can be loaded from memory instead of re-read.
+    keys = (ids, ciphertexts) if accepted == len(ids) else None
+    return BatchResult(batch_id, accepted, duplicates, rejected, keys)
+
+
+async def _insert_keys(
+    conn: Connection,
+    product_id: int,
+    batch_id: int,
+    ids: list[int],
+    ciphertexts: list[bytes],
+    fingerprints: list[bytes],
+) -> int:
+    """Insert a batch's keys; returns how many were new to the product.
+
+    The usual batch — nothing in it already in the product's inventory — is one COPY
+    straight into card_keys. A key already there makes that COPY fail on the unique index
+    and undo itself (it runs in a savepoint); the batch then goes through a temporary
+    table and `ON CONFLICT DO NOTHING`, which skips the duplicates.
+    """
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "card_keys",
+                records=(
+                    (key_id, product_id, batch_id, ciphertext, fingerprint)
+                    for key_id, ciphertext, fingerprint in zip(
+                        ids, ciphertexts, fingerprints, strict=True
+                    )
+                ),
+                columns=["id", "product_id", "batch_id", "ciphertext", "fingerprint"],
+            )
+        return len(ids)
+    except asyncpg.UniqueViolationError:
+        pass
+    await conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS incoming_keys "
+        "(id bigint, ciphertext bytea, fingerprint bytea) ON COMMIT DROP"
+    )
+    await conn.copy_records_to_table(
+        "incoming_keys",
+        records=zip(ids, ciphertexts, fingerprints, strict=True),
+        columns=["id", "ciphertext", "fingerprint"],
+    )
+    # The temporary table holds the rows in the order they were copied (id order).
+    status = await conn.execute(
+        "INSERT INTO card_keys (id, product_id, batch_id, ciphertext, fingerprint) "
+        "SELECT id, $1, $2, ciphertext, fingerprint FROM incoming_keys "
+        "ON CONFLICT (product_id, fingerprint) DO NOTHING",
+        product_id,
+        batch_id,
+    )
+    await conn.execute("DROP TABLE incoming_keys")
+    return int(status.split()[-1])
 
 
 # Serialises id-block allocation between concurrent imports ("KAMIIDS" + 0x01).

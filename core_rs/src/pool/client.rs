@@ -737,31 +737,48 @@ impl Pool {
         for (b, list) in &buckets {
             flat.extend(list.iter().map(|e| (b.as_str(), e)));
         }
-        let mut added = 0;
-        let mut first = true;
-        let mut chunks = flat.chunks(LOAD_CHUNK).peekable();
-        if chunks.peek().is_none() && rebuild.is_none() {
+        let mut chunks = flat.chunks(LOAD_CHUNK);
+        let first = chunks.next();
+        if first.is_none() && rebuild.is_none() {
             return Ok(0);
         }
-        loop {
-            let chunk = chunks.next().unwrap_or(&[]);
-            let mut inv = self.inner.scripts.load.key(tag);
-            match (first, rebuild) {
-                (true, Some(issued)) => inv.arg("R").arg(issued),
-                _ => inv.arg("L").arg(0),
-            };
-            for group in chunk.chunk_by(|a, b| a.0 == b.0) {
-                inv.arg(group[0].0).arg(group.len());
-                for (_, (id, packed)) in group {
-                    inv.arg(*id).arg(packed.as_slice());
-                }
+        let mut current = Some(self.load_invocation(tag, first.unwrap_or(&[]), rebuild));
+        let mut added = 0;
+        while let Some(inv) = current.take() {
+            // Redis runs this chunk while the next one's arguments are built.
+            let next_chunk = chunks.next();
+            let (reply, next) = tokio::join!(self.inner.eval(&inv), async {
+                next_chunk.map(|chunk| self.load_invocation(tag, chunk, None))
+            });
+            added += as_u64(&reply?)?;
+            current = next;
+        }
+        Ok(added)
+    }
+
+    /// One load call over `chunk` (bucket, (id, packed entry)), sorted by bucket then id;
+    /// with `rebuild` (the shard's first call), it clears the shard and sets the issued count.
+    fn load_invocation(
+        &self,
+        tag: &str,
+        chunk: &[(&str, &(u64, Vec<u8>))],
+        rebuild: Option<u64>,
+    ) -> ScriptInvocation<'_> {
+        let mut inv = self.inner.scripts.load.key(tag);
+        match rebuild {
+            Some(issued) => inv.arg("R").arg(issued),
+            None => inv.arg("L").arg(0),
+        };
+        for group in chunk.chunk_by(|a, b| a.0 == b.0) {
+            inv.arg(group[0].0).arg(group.len());
+            for (_, (id, _)) in group {
+                inv.arg(*id);
             }
-            added += as_u64(&self.inner.eval(&inv).await?)?;
-            first = false;
-            if chunks.peek().is_none() {
-                return Ok(added);
+            for (_, (_, packed)) in group {
+                inv.arg(packed.as_slice());
             }
         }
+        inv
     }
 
     /// Adds entries (id, ciphertext, priority) of `batch`; returns how many were new.
@@ -781,6 +798,42 @@ impl Pool {
             let tag = tags
                 .get(shard as usize)
                 .ok_or_else(|| integrity("shard out of range"))?;
+            added += self.load_shard(tag, buckets, None).await?;
+        }
+        Ok(added)
+    }
+
+    /// Adds one batch's entries of one priority, as (id, packed entry) in increasing id
+    /// order (see `keys::pack`); returns how many were new. `load` without the per-entry
+    /// grouping, for imports.
+    pub async fn load_sorted(
+        &self,
+        sku: &str,
+        priority: i64,
+        batch: u64,
+        entries: Vec<(u64, Vec<u8>)>,
+    ) -> CoreResult<u64> {
+        if entries.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+            return Err(CoreError::InvalidArgument(
+                "entry ids must be strictly increasing".into(),
+            ));
+        }
+        let tags = self.tags(sku)?;
+        let name = bucket(priority, batch)?;
+        let shards = self.inner.config.shards;
+        let mut by_shard: BTreeMap<u32, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+        for entry in entries {
+            by_shard
+                .entry(entry_shard(entry.0, shards))
+                .or_default()
+                .push(entry);
+        }
+        let mut added = 0;
+        for (shard, list) in by_shard {
+            let tag = tags
+                .get(shard as usize)
+                .ok_or_else(|| integrity("shard out of range"))?;
+            let buckets = BTreeMap::from([(name.clone(), list)]);
             added += self.load_shard(tag, buckets, None).await?;
         }
         Ok(added)

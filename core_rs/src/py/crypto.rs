@@ -146,11 +146,39 @@ impl Cipher {
         items: Vec<(i64, PyBackedStr)>,
     ) -> PyResult<Bound<'py, PyList>> {
         let ring = self.snapshot();
-        let sealed =
-            py.detach(|| ring.encrypt_many(sku, items.iter().map(|(id, code)| (*id, &**code))))?;
+        // An import encrypts a million codes: large batches use every core.
+        let parts = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(items.len() / 50_000)
+            .max(1);
+        let per_part = items.len().div_ceil(parts).max(1);
+        let sealed = py.detach(|| {
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = items
+                    .chunks(per_part)
+                    .map(|part| {
+                        let ring = &ring;
+                        scope.spawn(move || {
+                            ring.encrypt_many(sku, part.iter().map(|(id, code)| (*id, &**code)))
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|worker| {
+                        worker
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        })?;
         PyList::new(
             py,
-            sealed.iter().map(|ciphertext| PyBytes::new(py, ciphertext)),
+            sealed
+                .iter()
+                .flat_map(crypto::Sealed::iter)
+                .map(|ciphertext| PyBytes::new(py, ciphertext)),
         )
     }
 
@@ -211,6 +239,27 @@ fn fingerprint_many<'py>(
     PyList::new(py, digests.iter().map(|digest| PyBytes::new(py, digest)))
 }
 
+/// The distinct non-empty codes by fingerprint, in fingerprint order, without holding the
+/// GIL: `(fingerprints, codes, duplicates)`, keeping each code's first occurrence and
+/// counting the later ones.
+#[pyfunction]
+fn distinct_by_fingerprint<'py>(
+    py: Python<'py>,
+    key: &[u8],
+    codes: Vec<PyBackedStr>,
+) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, usize)> {
+    let fingerprinter = Fingerprinter::new(key)?;
+    let distinct = py.detach(|| fingerprinter.distinct_sorted(&codes));
+    let non_empty = codes.iter().filter(|code| !code.is_empty()).count();
+    let fingerprints = PyList::new(
+        py,
+        distinct.iter().map(|(digest, _)| PyBytes::new(py, digest)),
+    )?;
+    // The caller's own str objects, not copies.
+    let kept = PyList::new(py, distinct.iter().map(|(_, index)| &codes[*index]))?;
+    Ok((fingerprints, kept, non_empty - distinct.len()))
+}
+
 /// The normal form codes are compared, fingerprinted and stored in: Unicode whitespace
 /// (the White_Space property) trimmed at both ends, then Unicode NFC. Nothing else: codes
 /// are case-sensitive and inner whitespace is kept.
@@ -230,6 +279,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Cipher>()?;
     m.add_function(wrap_pyfunction!(fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(fingerprint_many, m)?)?;
+    m.add_function(wrap_pyfunction!(distinct_by_fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(normalize_code, m)?)?;
     m.add_function(wrap_pyfunction!(constant_time_eq, m)?)?;
     Ok(())

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use super::runtime::spawn;
 
+use crate::pool::keys::pack;
 use crate::pool::{Entry, Pool, PoolConfig};
 
 /// Entries as `list[tuple[int, bytes]]`.
@@ -165,6 +168,38 @@ impl PyPool {
             .map(|(id, ct, prio)| (id, ct.as_bytes().to_vec(), prio))
             .collect();
         spawn(py, async move { pool.load(&sku, entries, batch).await })
+    }
+
+    /// Add one batch's entries, all of one ``priority``: ``ids`` in increasing order and
+    /// their ``ciphertexts``; returns how many were new. The bulk form of ``load`` (an
+    /// import's million keys), with the same idempotency contract.
+    #[pyo3(signature = (sku, ids, ciphertexts, *, priority, batch))]
+    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts sequences into owned Vecs
+    fn load_sorted<'py>(
+        &self,
+        py: Python<'py>,
+        sku: String,
+        ids: Vec<u64>,
+        ciphertexts: Vec<PyBackedBytes>,
+        priority: i64,
+        batch: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if ids.len() != ciphertexts.len() {
+            return Err(PyValueError::new_err(
+                "ids and ciphertexts must have the same length",
+            ));
+        }
+        let pool = Arc::clone(&self.pool);
+        // Packed here, with the interpreter released: the async task then owns plain bytes.
+        let entries = py.detach(|| {
+            ids.iter()
+                .zip(&ciphertexts)
+                .map(|(id, ciphertext)| pack(*id, ciphertext).map(|packed| (*id, packed)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        spawn(py, async move {
+            pool.load_sorted(&sku, priority, batch, entries).await
+        })
     }
 
     /// Hold ``quantity`` (1..=100) entries for ``holder`` for ``ttl_ms``; returns them as

@@ -5,6 +5,9 @@ import io
 import httpx
 import pytest
 
+from engine import Pool
+from engine.runtime import require_urls
+from engine.settings import Settings
 from tests.integration.api.conftest import unique_sku
 
 PROBLEM = "application/problem+json"
@@ -90,7 +93,10 @@ async def test_catalog_needs_an_operator(client: httpx.AsyncClient) -> None:
     assert forged.status_code == 401
 
 
-async def test_json_batch_counts_duplicates_and_rejects(operator: httpx.AsyncClient) -> None:
+async def test_json_batch_counts_duplicates_and_rejects(
+    operator: httpx.AsyncClient, settings: Settings
+) -> None:
+    pool = Pool(require_urls(settings)[1], namespace=settings.redis_namespace)
     product = await _product(operator)
     sku = product["sku"]
     codes = ["AAAA-1", "  AAAA-2  ", "AAAA-1", "", "x" * 600, "bad\u0007code", "line\nbreak"]
@@ -99,6 +105,7 @@ async def test_json_batch_counts_duplicates_and_rejects(operator: httpx.AsyncCli
     body = first.json()
     assert (body["accepted"], body["duplicates"], body["rejected"]) == (2, 1, 3)
     assert {r["line"] for r in body["rejected_lines"]} == {5, 6, 7}
+    assert await pool.stock(str(sku)) == (2, 0, 0)
 
     # Across batches: already-present codes are duplicates, never added twice.
     second = await operator.post(
@@ -107,6 +114,9 @@ async def test_json_batch_counts_duplicates_and_rejects(operator: httpx.AsyncCli
     assert (second.json()["accepted"], second.json()["duplicates"]) == (1, 1)
     stock = (await operator.get(f"/v1/products/{sku}")).json()["stock"]
     assert stock == {"available": 3, "held": 0, "issued": 0}
+    # The batch with a duplicate went through the skipping insert: only its new key is
+    # in the pool, read back from PostgreSQL.
+    assert await pool.stock(str(sku)) == (3, 0, 0)
 
 
 async def test_file_batches_txt_csv_gbk(operator: httpx.AsyncClient) -> None:

@@ -179,6 +179,34 @@ async def test_priority_batches_and_load_idempotency(pool: Pool) -> None:
     assert await pool.stock("S") == (1, 0, 5)
 
 
+async def test_load_sorted_bulk_is_idempotent_across_chunks(pool: Pool) -> None:
+    # More entries than one script call carries, so the chunks are pipelined.
+    ids = list(range(1, 10_001))
+    assert await pool.load_sorted("B", ids, [ct(i) for i in ids], priority=3, batch=4) == 10_000
+    # A repeat that overlaps what was loaded adds only the new tail, in order.
+    more = list(range(9_001, 12_001))
+    assert await pool.load_sorted("B", more, [ct(i) for i in more], priority=3, batch=4) == 2_000
+    # The same bucket through `load`: already there, nothing added.
+    assert await pool.load("B", entries(range(5, 8), priority=3), batch=4) == 0
+    assert await pool.stock("B") == (12_000, 0, 0)
+    taken, _ = await take_all(pool, "B", 12_000, "bulk")
+    assert sorted(taken) == list(range(1, 12_001))
+    with pytest.raises(OutOfStock):
+        await pool.take("B", "after", 1)
+
+
+async def test_load_sorted_refuses_unordered_or_mismatched_input(pool: Pool) -> None:
+    with pytest.raises(ValueError, match="increasing"):
+        await pool.load_sorted("B", [2, 1], [ct(2), ct(1)], priority=0, batch=1)
+    with pytest.raises(ValueError, match="increasing"):
+        await pool.load_sorted("B", [1, 1], [ct(1), ct(1)], priority=0, batch=1)
+    with pytest.raises(ValueError, match="same length"):
+        await pool.load_sorted("B", [1, 2], [ct(1)], priority=0, batch=1)
+    with pytest.raises(ValueError, match="ciphertext"):
+        await pool.load_sorted("B", [1], [b""], priority=0, batch=1)
+    assert not await pool.exists("B")
+
+
 async def test_out_of_stock_holds_nothing_and_others_in_batch_succeed(pool: Pool) -> None:
     await pool.load("S", entries(range(1, 4)))
     results = await asyncio.gather(

@@ -72,3 +72,37 @@ async def test_card_key_fingerprints_are_unique_per_product(db: asyncpg.Connecti
     await db.execute(insert, product, batch, b"c1", b"f" * 32)
     with pytest.raises(asyncpg.UniqueViolationError):
         await db.execute(insert, product, batch, b"c2", b"f" * 32)
+
+
+async def test_products_batches_and_key_owners_cannot_be_changed_away(
+    db: asyncpg.Connection,
+) -> None:
+    # card_keys has no per-row foreign keys (they cost imports seconds); these guards keep
+    # what they protected: the rows a key points at stay, and a key cannot be re-pointed.
+    product = await db.fetchval(
+        "INSERT INTO products (sku, name, type, price) VALUES ('KEEP-ME', 'n', 'card', 1) "
+        "RETURNING id"
+    )
+    other = await db.fetchval(
+        "INSERT INTO products (sku, name, type, price) VALUES ('KEEP-TOO', 'n', 'card', 1) "
+        "RETURNING id"
+    )
+    batch = await db.fetchval("INSERT INTO batches (product_id) VALUES ($1) RETURNING id", product)
+    key = await db.fetchval(
+        "INSERT INTO card_keys (product_id, batch_id, ciphertext, fingerprint) "
+        "VALUES ($1, $2, 'c', $3) RETURNING id",
+        product,
+        batch,
+        b"k" * 32,
+    )
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await db.execute("DELETE FROM products WHERE id = $1", product)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await db.execute("DELETE FROM batches WHERE id = $1", batch)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="cannot change"):
+        await db.execute("UPDATE card_keys SET product_id = $2 WHERE id = $1", key, other)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="cannot change"):
+        await db.execute("UPDATE card_keys SET batch_id = batch_id + 1 WHERE id = $1", key)
+    # Changing the state (what issuance does) is untouched by the guard.
+    await db.execute("UPDATE card_keys SET state = 'issued' WHERE id = $1", key)
+    assert await db.fetchval("SELECT count(*) FROM products WHERE id = $1", product) == 1
