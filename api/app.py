@@ -15,13 +15,16 @@ from fastapi.openapi.utils import get_openapi
 
 from api import problems
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routers import catalog, distribution, issuance, ledger, ops
+from api.routers import catalog, distribution, issuance, ledger, notify, ops, orders
 from api.schemas import PROBLEM_RESPONSES
 from engine import __version__, idempotency
 from engine.crypto.keyring import load_keyring
 from engine.issuance.reconciler import Reconciler
 from engine.issuance.service import IssuanceService
 from engine.logging import configure as configure_logging
+from engine.notify.worker import OutboxWorker
+from engine.orders.service import OrderService
+from engine.payments.registry import build_providers
 from engine.principals import PrincipalCache
 from engine.runtime import Runtime
 from engine.settings import Settings
@@ -52,9 +55,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with runtime.db.acquire() as conn:
             app.state.keyring = await load_keyring(conn, runtime.master_key)
         app.state.issuance = IssuanceService(runtime.db, runtime.pool, app.state.keyring)
+        app.state.orders = OrderService(
+            runtime.db, runtime.pool, app.state.keyring, build_providers(settings), settings
+        )
         background = [
             asyncio.create_task(Reconciler(runtime.db, runtime.pool).run_forever()),
             asyncio.create_task(idempotency.sweep_forever(runtime.db)),
+            asyncio.create_task(OutboxWorker(runtime.db, settings).run_forever()),
+            asyncio.create_task(app.state.orders.sweep_forever()),
         ]
         log.info("worker_started", pid=os.getpid(), version=__version__)
         try:
@@ -75,7 +83,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     problems.install(app)
     app.include_router(ops.router)
-    for router in (catalog.router, distribution.router, ledger.router, issuance.router):
+    for router in (
+        catalog.router,
+        distribution.router,
+        ledger.router,
+        issuance.router,
+        notify.router,
+        orders.router,
+    ):
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     # Outermost last: request ids and metrics see the 413s too.

@@ -125,9 +125,7 @@ def fingerprint(key: bytes, code: str) -> bytes:
 def fingerprint_many(key: bytes, codes: Sequence[str]) -> list[bytes]:
     """`fingerprint` of each code, in order, without holding the GIL."""
 
-def distinct_by_fingerprint(
-    key: bytes, codes: Sequence[str]
-) -> tuple[list[bytes], list[str], int]:
+def distinct_by_fingerprint(key: bytes, codes: Sequence[str]) -> tuple[list[bytes], list[str], int]:
     """The distinct non-empty codes by fingerprint, in fingerprint order, without the GIL:
     `(fingerprints, codes, duplicates)`, keeping each code's first occurrence and counting
     the later ones."""

@@ -146,6 +146,170 @@ class Settings(BaseSettings):
     def sandbox_enabled(self) -> bool:
         return self.embedded if self.sandbox is None else self.sandbox
 
+    # --- notify: outbox worker, SMTP, webhooks (engine/notify) --------------------------
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="The URL buyers reach Kami at, for links in emails. "
+        "Default: http://KAMI_HOST:KAMI_PORT.",
+    )
+    smtp_host: str | None = Field(
+        default=None, description="SMTP server. Unset: emails wait in the outbox until set."
+    )
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = Field(default="Kami <noreply@localhost>", description="The From header.")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls",
+        description="starttls: upgrade a plain connection (port 587); tls: implicit TLS "
+        "(port 465); none: plain text, for a relay on the same host only.",
+    )
+    smtp_timeout_s: Annotated[float, Field(gt=0, le=300)] = 15.0
+    webhook_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    outbox_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    outbox_max_attempts: Annotated[int, Field(ge=1, le=100)] = 16
+    outbox_backoff_base_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    outbox_backoff_cap_s: Annotated[float, Field(gt=0, le=86400)] = 3600.0
+
+    @property
+    def public_base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    # --- end notify ---------------------------------------------------------------------
+
+    # --- payments: providers (engine/payments) ------------------------------------------
+    # A provider is enabled when its required fields are all set; setting only some of them
+    # is refused at start, so a typo cannot silently switch a payment method off.
+    sandbox_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC-SHA256 key of sandbox callbacks. Unset: random per process, which "
+        "suffices because the sandbox pay endpoint signs and verifies in the same process.",
+    )
+    payment_return_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="Where a provider sends the buyer back after paying; {order_no} is "
+        "replaced. Default: KAMI_PUBLIC_URL.",
+    )
+    payment_timeout_s: Annotated[float, Field(gt=0, le=120)] = 15.0
+    epay_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="易支付 V1 gateway base URL (submit.php, mapi.php and api.php live under it).",
+    )
+    epay_pid: str | None = None
+    epay_key: SecretStr | None = None
+    epay_type: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_]{1,32}$",
+        description="alipay, wxpay, qqpay...; unset: the gateway's own cashier (submit only).",
+    )
+    epay_method: Literal["submit", "mapi"] = Field(
+        default="submit",
+        description="submit: send the buyer to submit.php; mapi: ask mapi.php for a pay URL/QR.",
+    )
+    alipay_app_id: str | None = None
+    alipay_private_key: SecretStr | None = Field(
+        default=None, description="The app's RSA2 private key: PEM, a file path, or bare base64."
+    )
+    alipay_public_key: str | None = Field(
+        default=None, description="Alipay's RSA2 public key: PEM, a file path, or bare base64."
+    )
+    alipay_seller_id: str | None = Field(
+        default=None, description="When set, callbacks for another seller (PID) are refused."
+    )
+    alipay_gateway: str = Field(
+        default="https://openapi.alipay.com/gateway.do", pattern=r"^https?://[^\s]+$"
+    )
+    alipay_method: Literal["page", "qr"] = Field(
+        default="page",
+        description="page: alipay.trade.page.pay URL; qr: alipay.trade.precreate QR code.",
+    )
+    wechatpay_mchid: str | None = None
+    wechatpay_appid: str | None = None
+    wechatpay_private_key: SecretStr | None = Field(
+        default=None, description="Merchant API private key: PEM, a file path, or bare base64."
+    )
+    wechatpay_cert_serial: str | None = Field(
+        default=None, description="Serial number of the merchant API certificate."
+    )
+    wechatpay_apiv3_key: SecretStr | None = Field(default=None, description="32-byte APIv3 key.")
+    wechatpay_public_key: str | None = Field(
+        default=None,
+        description="WeChat Pay platform public key (public-key mode): PEM, path or base64.",
+    )
+    wechatpay_public_key_id: str | None = Field(
+        default=None, description="Its id (PUB_KEY_ID_...), sent as Wechatpay-Serial."
+    )
+    wechatpay_gateway: str = Field(
+        default="https://api.mch.weixin.qq.com", pattern=r"^https?://[^\s]+$"
+    )
+
+    @property
+    def epay_enabled(self) -> bool:
+        return self.epay_url is not None
+
+    @property
+    def alipay_enabled(self) -> bool:
+        return self.alipay_app_id is not None
+
+    @property
+    def wechatpay_enabled(self) -> bool:
+        return self.wechatpay_mchid is not None
+
+    @model_validator(mode="after")
+    def _check_payment_providers(self) -> Settings:
+        apiv3_key = self.wechatpay_apiv3_key
+        if apiv3_key is not None and len(apiv3_key.get_secret_value().encode()) != 32:
+            raise ValueError("KAMI_WECHATPAY_APIV3_KEY must be 32 bytes")
+        groups = {
+            "KAMI_EPAY": (self.epay_url, self.epay_pid, self.epay_key),
+            "KAMI_ALIPAY": (self.alipay_app_id, self.alipay_private_key, self.alipay_public_key),
+            "KAMI_WECHATPAY": (
+                self.wechatpay_mchid,
+                self.wechatpay_appid,
+                self.wechatpay_private_key,
+                self.wechatpay_cert_serial,
+                self.wechatpay_apiv3_key,
+                self.wechatpay_public_key,
+                self.wechatpay_public_key_id,
+            ),
+        }
+        for prefix, values in groups.items():
+            if any(v is not None for v in values) and any(v is None for v in values):
+                raise ValueError(f"{prefix}_* is partly set; set all of its fields or none")
+        if self.epay_method == "mapi" and self.epay_enabled and self.epay_type is None:
+            raise ValueError("KAMI_EPAY_METHOD=mapi needs KAMI_EPAY_TYPE (alipay, wxpay...)")
+        if self.environment is Environment.PRODUCTION:
+            for name, secret in (
+                ("KAMI_EPAY_KEY", self.epay_key),
+                ("KAMI_SANDBOX_SECRET", self.sandbox_secret),
+            ):
+                if secret is not None and secret.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                    raise ValueError(f"{name} is a placeholder; set a real secret in production")
+        return self
+
+    # --- end payments -------------------------------------------------------------------
+
+    # --- orders (engine/orders) ---------------------------------------------------------
+    order_payment_window_s: Annotated[int, Field(ge=60, le=86400)] = Field(
+        default=900, description="How long an unpaid order holds its keys (expires_at)."
+    )
+    # Reservation caps: what one contact, IP address or device may hold unpaid at once, so
+    # nobody can freeze the stock by opening orders.
+    order_max_unpaid_per_contact: Annotated[int, Field(ge=1, le=1000)] = 3
+    order_max_unpaid_units_per_contact: Annotated[int, Field(ge=1, le=10000)] = 10
+    order_max_unpaid_per_ip: Annotated[int, Field(ge=1, le=1000)] = 10
+    order_max_unpaid_units_per_ip: Annotated[int, Field(ge=1, le=10000)] = 50
+    order_max_unpaid_per_device: Annotated[int, Field(ge=1, le=1000)] = 3
+    order_lookup_misses_per_minute: Annotated[int, Field(ge=1, le=10000)] = Field(
+        default=20, description="Failed order lookups one IP may make per minute."
+    )
+    order_reveal_link_ttl_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 3 * 86400
+    order_sweep_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # --- end orders ---------------------------------------------------------------------
+
 
 def decode_master_key(encoded: str) -> bytes:
     """Decode a base64 master key, refusing anything that is not exactly 32 bytes."""

@@ -1,7 +1,8 @@
 """Returns keys taken from a pool whose issuance never reached PostgreSQL.
 
 A worker that dies between `take` and its commit leaves entries issued in Redis that no
-issuance owns. Every pass lists the pools' issuance holders; a holder with no committed
+issuance owns; the same for a paid order between confirming its hold and recording the
+delivery. Every pass lists the pools' issuance holders; a holder with no committed
 issuance in two passes at least `grace_s` apart is restored to the pool. The grace period
 covers requests still between take and commit. Only one process reconciles at a time
 (a PostgreSQL advisory lock).
@@ -21,6 +22,8 @@ from engine._core import EngineError, Pool
 log = structlog.get_logger(__name__)
 
 ISSUANCE_HOLDER_PREFIX = "iss:"
+# Storefront orders (engine.orders) confirm their holds under this prefix.
+ORDER_HOLDER_PREFIX = "ord:"
 GRACE_S = 30.0
 INTERVAL_S = 60.0
 # Holder names checked against PostgreSQL per query.
@@ -58,13 +61,20 @@ class Reconciler:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
 
     async def _reconcile(self, conn: asyncpg.pool.PoolConnectionProxy, sku: str) -> int:
-        holders = [h for h in await self._pool.holders(sku) if h.startswith(ISSUANCE_HOLDER_PREFIX)]
+        holders = [
+            h
+            for h in await self._pool.holders(sku)
+            if h.startswith((ISSUANCE_HOLDER_PREFIX, ORDER_HOLDER_PREFIX))
+        ]
         if not holders:
             return 0
         committed: set[str] = set()
         for start in range(0, len(holders), _CHUNK):
+            # An order's keys are committed once it has order_keys (delivered, refunded).
             rows = await conn.fetch(
-                "SELECT holder FROM issuances WHERE holder = ANY($1::text[])",
+                "SELECT holder FROM issuances WHERE holder = ANY($1::text[]) "
+                "UNION ALL SELECT o.holder FROM orders o WHERE o.holder = ANY($1::text[]) "
+                "AND EXISTS (SELECT 1 FROM order_keys k WHERE k.order_id = o.id)",
                 holders[start : start + _CHUNK],
             )
             committed.update(r["holder"] for r in rows)

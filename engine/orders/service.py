@@ -1,0 +1,947 @@
+"""Storefront orders: order, pay, deliver — and expire, cancel, refund.
+
+An order holds its keys in the pool (`reserve`, holder `ord:{order_no}`) for the payment
+window. A verified payment confirms the hold and records the delivery in one PostgreSQL
+transaction guarded by the order's status and by each key's state (`available` →
+`issued`, the same guard as `/v1/issuances`); webhooks and the email go into the outbox in
+that same transaction. Only after the commit can the buyer see the keys.
+
+Money: a payment debits the provider's clearing account; the sale credits platform revenue
+(and, for a sub-store, the agent's margin to its balance). Money that cannot buy keys — a
+payment after the order expired and its stock was sold, a second payment — is credited to
+refunds payable and flagged `refund_due` for an operator: never kept silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+import structlog
+
+from engine import audit
+from engine._core import HoldNotFound, OutOfStock, Pool
+from engine.catalog.service import get_product
+from engine.crypto.keyring import Keyring
+from engine.errors import DomainError
+from engine.inventory.pools import ensure_present
+from engine.issuance.errors import IssuanceError
+from engine.ledger.service import AccountKind, agent_account_code, ensure_account, post
+from engine.notify.outbox import emit_event, enqueue_email
+from engine.orders.errors import OrderError
+from engine.payments.base import (
+    PaymentNotice,
+    PaymentOrder,
+    PaymentProvider,
+    PaymentProviderError,
+)
+from engine.settings import Settings
+from engine.storage.db import Connection
+
+log = structlog.get_logger(__name__)
+
+HOLDER_PREFIX = "ord:"
+# The pool keeps an order's hold a little past `expires_at`, so a payment that lands at the
+# last second still finds its keys; the sweeper releases holds of expired orders.
+_HOLD_MARGIN_S = 120
+_SWEEP_BATCH = 500
+_LOOKUP_CODE_TTL_S = 600
+_LOOKUP_CODE_TRIES = 5
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def contact_digest(kind: str, contact: str) -> bytes:
+    return hashlib.sha256(f"{kind}:{contact.strip().lower()}".encode()).digest()
+
+
+def new_order_no(now: datetime) -> str:
+    # Time first (sortable, readable by support), then 64 random bits: not guessable.
+    return now.strftime("%Y%m%d%H%M%S") + secrets.token_hex(8).upper()
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    sku: str
+    quantity: int
+    contact_kind: str  # "email" | "phone"
+    contact: str
+    payment_method: str
+    store: str | None = None
+    client_ip: str | None = None
+    device: str | None = None
+    locale: str = "zh-CN"
+
+
+@dataclass(frozen=True)
+class CreatedOrder:
+    order_no: str
+    status: str
+    amount: int
+    currency: str
+    pay_url: str | None
+    qr_code: str | None
+    expires_at: datetime
+    lookup_token: str
+
+
+@dataclass(frozen=True)
+class OrderView:
+    order_no: str
+    status: str
+    sku: str
+    quantity: int
+    amount: int
+    currency: str
+    expires_at: datetime
+    created_at: datetime
+    paid_at: datetime | None
+    delivered_at: datetime | None
+    keys: list[str] | None
+
+
+@dataclass(frozen=True)
+class PaymentOutcome:
+    """What a verified callback did: `applied` (delivered or flagged), or a `replay`."""
+
+    order_no: str
+    result: str  # delivered | refund_due | replay | ignored
+
+
+class OrderService:
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        pool: Pool,
+        keyring: Keyring,
+        providers: Mapping[str, PaymentProvider],
+        settings: Settings,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._db = db
+        self._pool = pool
+        self._keyring = keyring
+        self._providers = providers
+        self._settings = settings
+        self._clock = clock
+
+    @property
+    def providers(self) -> Mapping[str, PaymentProvider]:
+        return self._providers
+
+    # ------------------------------------------------------------------ create
+
+    async def create(self, new: NewOrder) -> CreatedOrder:
+        provider = self._providers.get(new.payment_method)
+        if provider is None:
+            raise DomainError(
+                OrderError.PAYMENT_METHOD_UNAVAILABLE,
+                f"Payment method {new.payment_method} is not enabled here.",
+                enabled=sorted(self._providers),
+            )
+        now = self._clock()
+        order_no = new_order_no(now)
+        token = secrets.token_urlsafe(24)
+        holder = HOLDER_PREFIX + order_no
+        expires_at = now + timedelta(seconds=self._settings.order_payment_window_s)
+        digest = contact_digest(new.contact_kind, new.contact)
+        client_ip = ipaddress.ip_address(new.client_ip) if new.client_ip else None
+        async with self._db.acquire() as conn:
+            product = await get_product(conn, new.sku)
+            if product.status != "active":
+                raise DomainError(IssuanceError.PRODUCT_UNAVAILABLE, f"{new.sku} is not on sale.")
+            store_agent, unit_price, agent_cost = await self._price(conn, product.id, new)
+            amount = unit_price * new.quantity
+            async with conn.transaction():
+                await self._check_caps(conn, digest, client_ip, new, now)
+                await self._reserve(product.sku, holder, new.quantity)
+                try:
+                    await conn.execute(
+                        "INSERT INTO orders (order_no, lookup_hash, product_id, sku, quantity, "
+                        "unit_price, amount, currency, store_agent_id, agent_unit_cost, "
+                        "contact_kind, contact, contact_hash, client_ip, device, locale, "
+                        "payment_method, holder, expires_at, created_at) VALUES ($1, $2, $3, "
+                        "$4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
+                        "$18, $19, $20)",
+                        order_no,
+                        token_hash(token),
+                        product.id,
+                        product.sku,
+                        new.quantity,
+                        unit_price,
+                        amount,
+                        product.currency,
+                        store_agent,
+                        agent_cost,
+                        new.contact_kind,
+                        new.contact,
+                        digest,
+                        client_ip,
+                        new.device,
+                        new.locale,
+                        new.payment_method,
+                        holder,
+                        expires_at,
+                        now,
+                    )
+                    await audit.record(conn, "buyer", "order.created", f"order:{order_no}")
+                except BaseException:
+                    await self._release_quietly(product.sku, holder)
+                    raise
+        try:
+            pay = await provider.create(
+                PaymentOrder(
+                    order_no=order_no,
+                    amount=amount,
+                    currency=product.currency,
+                    subject=f"{product.name} x{new.quantity}",
+                    expires_at=expires_at,
+                    client_ip=new.client_ip,
+                )
+            )
+        except PaymentProviderError as exc:
+            log.error("payment_create_failed", provider=provider.name, error=str(exc))
+            await self._close(order_no, "cancelled", actor="system")
+            raise DomainError(
+                OrderError.PAYMENT_PROVIDER_UNAVAILABLE,
+                "The payment provider did not answer; the order was cancelled. Try again.",
+                retry_after=5,
+            ) from None
+        await self._db.execute(
+            "UPDATE orders SET pay_url = $2, qr_code = $3 WHERE order_no = $1",
+            order_no,
+            pay.pay_url,
+            pay.qr_code,
+        )
+        return CreatedOrder(
+            order_no=order_no,
+            status="pending_payment",
+            amount=amount,
+            currency=product.currency,
+            pay_url=pay.pay_url,
+            qr_code=pay.qr_code,
+            expires_at=expires_at,
+            lookup_token=token,
+        )
+
+    async def _price(
+        self, conn: Connection, product_id: int, new: NewOrder
+    ) -> tuple[int | None, int, int | None]:
+        """(store agent, unit price, the agent's unit cost): the product price, or the
+        sub-store's retail price, never below what the agent pays for the key."""
+        product_price: int = await conn.fetchval(
+            "SELECT price FROM products WHERE id = $1", product_id
+        )
+        if new.store is None:
+            return None, product_price, None
+        row = await conn.fetchrow(
+            "SELECT a.id, s.price AS retail, lp.price AS cost, l.visible_skus FROM agents a "
+            "JOIN agent_levels l ON l.id = a.level_id "
+            "LEFT JOIN store_prices s ON s.agent_id = a.id AND s.product_id = $2 "
+            "LEFT JOIN agent_level_prices lp ON lp.level_id = a.level_id "
+            "AND lp.product_id = $2 "
+            "WHERE a.store_slug = $1 AND a.status = 'active'",
+            new.store,
+            product_id,
+        )
+        if row is None:
+            raise DomainError(OrderError.STORE_NOT_FOUND, f"No store {new.store}.")
+        if row["visible_skus"] is not None and new.sku not in row["visible_skus"]:
+            raise DomainError(
+                IssuanceError.PRODUCT_NOT_VISIBLE, f"Store {new.store} does not sell {new.sku}."
+            )
+        cost = row["cost"] if row["cost"] is not None else product_price
+        retail = row["retail"] if row["retail"] is not None else product_price
+        if retail < cost:
+            # Checked when prices are set, and again here: a level price may have moved.
+            raise DomainError(
+                OrderError.PRICE_BELOW_COST,
+                "This store's price is below its cost for this product; it cannot sell it.",
+            )
+        return int(row["id"]), int(retail), int(cost)
+
+    async def _check_caps(
+        self,
+        conn: Connection,
+        digest: bytes,
+        client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+        new: NewOrder,
+        now: datetime,
+    ) -> None:
+        """At most N unpaid orders / units per contact, IP and device. Serialised per
+        contact, IP and device with transaction locks, so parallel requests can't race it."""
+        s = self._settings
+        checks: list[tuple[str, str, Any, int, int | None]] = [
+            ("contact", "contact_hash", digest, s.order_max_unpaid_per_contact,
+             s.order_max_unpaid_units_per_contact),
+        ]  # fmt: skip
+        if client_ip is not None:
+            checks.append(
+                ("ip", "client_ip", client_ip, s.order_max_unpaid_per_ip,
+                 s.order_max_unpaid_units_per_ip)
+            )  # fmt: skip
+        if new.device:
+            checks.append(("device", "device", new.device, s.order_max_unpaid_per_device, None))
+        for dimension, _, value, _, _ in checks:
+            shown = value.hex() if isinstance(value, bytes) else str(value)
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                f"order-cap:{dimension}:{shown}",
+            )
+        for dimension, column, value, max_orders, max_units in checks:
+            row = await conn.fetchrow(
+                f"SELECT count(*) AS n, coalesce(sum(quantity), 0) AS units FROM orders "  # noqa: S608
+                f"WHERE status = 'pending_payment' AND expires_at > $2 AND {column} = $1",
+                value,
+                now,
+            )
+            assert row is not None
+            if row["n"] + 1 > max_orders or (
+                max_units is not None and row["units"] + new.quantity > max_units
+            ):
+                raise DomainError(
+                    OrderError.RESERVATION_LIMIT,
+                    f"Too many unpaid orders for this {dimension}: pay or cancel one first.",
+                    retry_after=60,
+                )
+
+    async def _reserve(self, sku: str, holder: str, quantity: int) -> list[int]:
+        ttl_ms = (self._settings.order_payment_window_s + _HOLD_MARGIN_S) * 1000
+        try:
+            entries = await self._pool.reserve(sku, holder, quantity, ttl_ms)
+        except OutOfStock:
+            # A pool Redis lost is rebuilt from PostgreSQL; then the stock is really known.
+            if not await ensure_present(self._db, self._pool, sku):
+                raise DomainError(
+                    IssuanceError.OUT_OF_STOCK, f"Not enough {sku} in stock."
+                ) from None
+            try:
+                entries = await self._pool.reserve(sku, holder, quantity, ttl_ms)
+            except OutOfStock:
+                raise DomainError(
+                    IssuanceError.OUT_OF_STOCK, f"Not enough {sku} in stock."
+                ) from None
+        return [entry_id for entry_id, _ in entries]
+
+    async def _release_quietly(self, sku: str, holder: str) -> None:
+        try:
+            await self._pool.release(sku, holder)
+        except Exception as exc:  # the hold's TTL returns the keys anyway
+            log.warning("order_release_failed", sku=sku, error=type(exc).__name__)
+
+    # ------------------------------------------------------------------ read
+
+    async def lookup(self, order_no: str, token: str) -> OrderView:
+        """The order for its lookup token; a wrong token is the same 404 as no order."""
+        row = await self._db.fetchrow("SELECT * FROM orders WHERE order_no = $1", order_no)
+        supplied = token_hash(token)
+        expected = row["lookup_hash"] if row is not None else b"\0" * 32
+        if not hmac.compare_digest(supplied, expected) or row is None:
+            raise _not_found()
+        keys = None
+        if row["status"] == "delivered":
+            keys = await self._reveal(row, actor="buyer")
+        return _view(row, keys)
+
+    async def reveal_by_link(self, order_no: str, link_token: str) -> OrderView:
+        """Keys through a one-time, expiring link (the email's): a second use is a 404."""
+        async with self._db.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE reveal_links l SET used_at = $3 FROM orders o "
+                "WHERE l.token_hash = $1 AND l.order_id = o.id AND o.order_no = $2 "
+                "AND l.used_at IS NULL AND l.expires_at > $3 RETURNING o.*",
+                token_hash(link_token),
+                order_no,
+                self._clock(),
+            )
+            if row is None or row["status"] != "delivered":
+                raise _not_found()
+            keys = await self._reveal(row, actor="reveal_link", conn=conn)
+        return _view(row, keys)
+
+    async def _reveal(
+        self, order: asyncpg.Record, *, actor: str, conn: Connection | None = None
+    ) -> list[str]:
+        if conn is None:
+            async with self._db.acquire() as own:
+                return await self._reveal(order, actor=actor, conn=own)
+        rows = await conn.fetch(
+            "SELECT k.id, k.ciphertext FROM order_keys ok JOIN card_keys k "
+            "ON k.id = ok.card_key_id WHERE ok.order_id = $1 ORDER BY ok.position",
+            order["id"],
+        )
+        # Every reveal of plaintext keys is on record.
+        await audit.record(
+            conn, actor, "order.keys_revealed", f"order:{order['order_no']}", {"keys": len(rows)}
+        )
+        return self._keyring.cipher.decrypt_many(
+            order["sku"], [(r["id"], r["ciphertext"]) for r in rows]
+        )
+
+    # ------------------------------------------------------------------ by contact
+
+    async def send_lookup_code(
+        self, redis: aioredis.Redis, contact: str, locale: str, namespace: str
+    ) -> None:
+        """Email a one-time code that lists the address's orders. The answer is the same
+        whether the address has orders or not; only an address with orders gets a mail."""
+        digest = contact_digest("email", contact).hex()
+        # One code per address per minute, so nobody floods a stranger's inbox.
+        if not await redis.set(f"{namespace}:lookup-sent:{digest}", 1, nx=True, ex=60):
+            return
+        has_orders = await self._db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM orders WHERE contact_hash = $1)",
+            contact_digest("email", contact),
+        )
+        if not has_orders:
+            return
+        code = f"{secrets.randbelow(10**6):06d}"
+        await redis.set(
+            f"{namespace}:lookup-code:{digest}",
+            hashlib.sha256(f"{digest}:{code}".encode()).hexdigest(),
+            ex=_LOOKUP_CODE_TTL_S,
+        )
+        await redis.delete(f"{namespace}:lookup-tries:{digest}")
+        async with self._db.acquire() as conn, conn.transaction():
+            await enqueue_email(
+                conn,
+                contact,
+                "order_lookup_code",
+                locale,
+                {"verification_code": code, "valid_minutes": _LOOKUP_CODE_TTL_S // 60},
+            )
+
+    async def orders_by_code(
+        self, redis: aioredis.Redis, contact: str, code: str, namespace: str
+    ) -> list[OrderView]:
+        """The address's orders (keys included once delivered) for the code it was sent.
+        A wrong code, an expired one and an address without orders are the same 404; five
+        wrong tries burn the code."""
+        digest = contact_digest("email", contact).hex()
+        stored = await redis.get(f"{namespace}:lookup-code:{digest}")
+        tries = await redis.incr(f"{namespace}:lookup-tries:{digest}")
+        await redis.expire(f"{namespace}:lookup-tries:{digest}", _LOOKUP_CODE_TTL_S)
+        given = hashlib.sha256(f"{digest}:{code}".encode()).hexdigest().encode()
+        expected = stored if isinstance(stored, bytes) else b"-" * 64
+        if tries > _LOOKUP_CODE_TRIES or not hmac.compare_digest(given, expected):
+            if tries >= _LOOKUP_CODE_TRIES:
+                await redis.delete(f"{namespace}:lookup-code:{digest}")
+            raise _not_found()
+        await redis.delete(f"{namespace}:lookup-code:{digest}")
+        rows = await self._db.fetch(
+            "SELECT * FROM orders WHERE contact_hash = $1 ORDER BY created_at DESC LIMIT 50",
+            contact_digest("email", contact),
+        )
+        views = []
+        for row in rows:
+            keys = (
+                await self._reveal(row, actor="buyer_code")
+                if row["status"] == "delivered"
+                else None
+            )
+            views.append(_view(row, keys))
+        return views
+
+    # ------------------------------------------------------------------ payment
+
+    async def apply_payment(self, notice: PaymentNotice) -> PaymentOutcome:
+        """A verified provider callback (or query result): deliver, or flag the money for a
+        refund. Idempotent on (provider, trade no); safe under concurrent replays."""
+        if not notice.paid:
+            return PaymentOutcome(notice.order_no, "ignored")
+        async with self._db.acquire() as conn:
+            order = await conn.fetchrow("SELECT * FROM orders WHERE order_no = $1", notice.order_no)
+            if order is None:
+                raise _not_found()
+            if notice.amount != order["amount"] or notice.currency != order["currency"]:
+                log.error(
+                    "payment_mismatch",
+                    order_no=notice.order_no,
+                    provider=notice.provider,
+                    amount=notice.amount,
+                    expected=order["amount"],
+                )
+                raise DomainError(
+                    OrderError.PAYMENT_MISMATCH,
+                    "The payment's amount or currency is not the order's.",
+                )
+            entry_ids: list[int] | None = None
+            if order["status"] in ("pending_payment", "expired", "cancelled"):
+                entry_ids = await self._secure_keys(order)
+            try:
+                async with conn.transaction():
+                    return await self._record_payment(conn, notice, entry_ids)
+            except _IntegrityAlarm as alarm:
+                # Keys PostgreSQL says are gone leave circulation; the rest go back, and the
+                # provider's retry takes fresh ones.
+                await self._restore_quietly(order["sku"], order["holder"], alarm.unavailable)
+                raise
+            except BaseException:
+                if entry_ids:
+                    await self._restore_quietly(order["sku"], order["holder"])
+                raise
+
+    async def _secure_keys(self, order: asyncpg.Record) -> list[int] | None:
+        """The order's keys, issued to its holder in the pool: its hold confirmed, or — the
+        hold gone (late payment) — fresh ones reserved and confirmed. None: out of stock."""
+        sku, holder = order["sku"], order["holder"]
+        try:
+            return await self._pool.confirm(sku, holder)
+        except HoldNotFound:
+            pass
+        try:
+            await self._reserve(sku, holder, order["quantity"])
+        except DomainError as exc:
+            if exc.code is IssuanceError.OUT_OF_STOCK:
+                return None
+            raise
+        return await self._pool.confirm(sku, holder)
+
+    async def _record_payment(
+        self, conn: Connection, notice: PaymentNotice, entry_ids: list[int] | None
+    ) -> PaymentOutcome:
+        order = await conn.fetchrow(
+            "SELECT * FROM orders WHERE order_no = $1 FOR UPDATE", notice.order_no
+        )
+        assert order is not None
+        seen = await conn.fetchval(
+            "SELECT id FROM payments WHERE provider = $1 AND trade_no = $2",
+            notice.provider,
+            notice.trade_no,
+        )
+        if seen is not None:
+            # A replay (maybe concurrent, committed first): any keys confirmed above are
+            # the same holder's, already this order's. Nothing to give back.
+            return PaymentOutcome(order["order_no"], "replay")
+        now = self._clock()
+        subject = f"order:{order['order_no']}"
+        deliverable = order["status"] in ("pending_payment", "expired", "cancelled")
+        if not deliverable or entry_ids is None:
+            # Money the order cannot use: a second payment, or one too late for the stock.
+            await conn.execute(
+                "INSERT INTO payments (order_id, provider, trade_no, amount, currency, status) "
+                "VALUES ($1, $2, $3, $4, $5, 'refund_due')",
+                order["id"],
+                notice.provider,
+                notice.trade_no,
+                notice.amount,
+                notice.currency,
+            )
+            await self._journal_unusable(conn, order, notice)
+            if deliverable:
+                await conn.execute(
+                    "UPDATE orders SET status = 'paid', paid_at = $2, refund_due = true "
+                    "WHERE id = $1",
+                    order["id"],
+                    now,
+                )
+                await emit_event(
+                    conn, "order.paid", _event(order, "paid"), agent_id=order["store_agent_id"]
+                )
+            else:
+                await conn.execute("UPDATE orders SET refund_due = true WHERE id = $1", order["id"])
+            await audit.record(
+                conn, "system", "order.refund_due", subject, {"provider": notice.provider}
+            )
+            log.error(
+                "payment_needs_refund",
+                order_no=order["order_no"],
+                provider=notice.provider,
+                status=order["status"],
+            )
+            return PaymentOutcome(order["order_no"], "refund_due")
+
+        updated = await conn.fetch(
+            "UPDATE card_keys SET state = 'issued', issued_at = $3 "
+            "WHERE id = ANY($1::bigint[]) AND product_id = $2 AND state = 'available' "
+            "RETURNING id",
+            entry_ids,
+            order["product_id"],
+            now,
+        )
+        if len(updated) != len(set(entry_ids)) or len(entry_ids) != order["quantity"]:
+            unavailable = sorted(set(entry_ids) - {r["id"] for r in updated})
+            log.error("integrity_alarm", order_no=order["order_no"], unavailable=len(unavailable))
+            raise _IntegrityAlarm(order["sku"], order["holder"], unavailable)
+        await conn.execute(
+            "INSERT INTO order_keys (order_id, position, card_key_id) "
+            "SELECT $1, p - 1, k FROM unnest($2::bigint[]) WITH ORDINALITY AS u(k, p)",
+            order["id"],
+            entry_ids,
+        )
+        await conn.execute(
+            "INSERT INTO payments (order_id, provider, trade_no, amount, currency, status) "
+            "VALUES ($1, $2, $3, $4, $5, 'applied')",
+            order["id"],
+            notice.provider,
+            notice.trade_no,
+            notice.amount,
+            notice.currency,
+        )
+        await self._journal_sale(conn, order, notice.provider, reverse=False)
+        await conn.execute(
+            "UPDATE orders SET status = 'delivered', paid_at = $2, delivered_at = $2, "
+            "expires_at = greatest(expires_at, $2) WHERE id = $1",
+            order["id"],
+            now,
+        )
+        agent = order["store_agent_id"]
+        await emit_event(conn, "order.paid", _event(order, "paid"), agent_id=agent)
+        await emit_event(conn, "order.delivered", _event(order, "delivered"), agent_id=agent)
+        if order["contact_kind"] == "email":
+            await self._email_reveal_link(conn, order, now)
+        await audit.record(
+            conn, "system", "order.delivered", subject, {"provider": notice.provider}
+        )
+        return PaymentOutcome(order["order_no"], "delivered")
+
+    async def _email_reveal_link(
+        self, conn: Connection, order: asyncpg.Record, now: datetime
+    ) -> None:
+        link_token = secrets.token_urlsafe(24)
+        link_expires = now + timedelta(seconds=self._settings.order_reveal_link_ttl_s)
+        await conn.execute(
+            "INSERT INTO reveal_links (token_hash, order_id, expires_at) VALUES ($1, $2, $3)",
+            token_hash(link_token),
+            order["id"],
+            link_expires,
+        )
+        base = self._settings.public_base_url
+        product_name = await conn.fetchval(
+            "SELECT name FROM products WHERE id = $1", order["product_id"]
+        )
+        await enqueue_email(
+            conn,
+            order["contact"],
+            "order_delivered",
+            order["locale"],
+            {
+                "order_no": order["order_no"],
+                "sku": order["sku"],
+                "product_name": product_name,
+                "quantity": order["quantity"],
+                "reveal_url": f"{base}/v1/orders/{order['order_no']}/reveal?link={link_token}",
+                "reveal_expires_at": link_expires.isoformat(),
+                "lookup_url": f"{base}/v1/orders/{order['order_no']}",
+            },
+        )
+
+    async def _accounts(self, conn: Connection, provider: str, currency: str) -> dict[str, int]:
+        return {
+            "clearing": await ensure_account(
+                conn, f"platform:clearing:{provider}:{currency}", AccountKind.ASSET,
+                currency=currency,
+            ),
+            "revenue": await ensure_account(
+                conn, f"platform:revenue:{currency}", AccountKind.REVENUE, currency=currency
+            ),
+            "payable": await ensure_account(
+                conn, f"platform:refunds_payable:{currency}", AccountKind.LIABILITY,
+                currency=currency,
+            ),
+        }  # fmt: skip
+
+    async def _journal_sale(
+        self, conn: Connection, order: asyncpg.Record, provider: str, *, reverse: bool
+    ) -> None:
+        """The buyer's money into clearing; revenue, and a sub-store agent's margin to its
+        balance. `reverse`: the refund's mirror image."""
+        amount = order["amount"]
+        if amount == 0:
+            return
+        acc = await self._accounts(conn, provider, order["currency"])
+        lines: list[tuple[int, int]] = [(acc["clearing"], amount)]
+        margin = 0
+        if order["store_agent_id"] is not None:
+            margin = amount - order["agent_unit_cost"] * order["quantity"]
+        if margin > 0:
+            agent = await ensure_account(
+                conn,
+                agent_account_code(order["store_agent_id"]),
+                AccountKind.LIABILITY,
+                currency=order["currency"],
+                agent_id=order["store_agent_id"],
+            )
+            lines.append((agent, -margin))
+        if amount - margin > 0:
+            lines.append((acc["revenue"], -(amount - margin)))
+        sign = -1 if reverse else 1
+        await post(
+            conn,
+            "order.refund" if reverse else "order.sale",
+            [(account, sign * value) for account, value in lines],
+            reference=order["order_no"],
+        )
+
+    async def _journal_unusable(
+        self, conn: Connection, order: asyncpg.Record, notice: PaymentNotice
+    ) -> None:
+        if notice.amount == 0:
+            return
+        acc = await self._accounts(conn, notice.provider, notice.currency)
+        await post(
+            conn,
+            "order.payment_unusable",
+            [(acc["clearing"], notice.amount), (acc["payable"], -notice.amount)],
+            reference=order["order_no"],
+        )
+
+    async def _restore_quietly(
+        self, sku: str, holder: str, drop: Sequence[int] | None = None
+    ) -> None:
+        try:
+            await self._pool.restore(sku, holder, drop=drop)
+        except Exception as exc:  # the reconciler restores it later
+            log.warning("order_restore_failed", sku=sku, error=type(exc).__name__)
+
+    # ------------------------------------------------------------------ close
+
+    async def cancel(self, order_no: str, token: str) -> OrderView:
+        """The buyer gives up an unpaid order; its keys go back to the pool."""
+        view = await self.lookup(order_no, token)
+        if view.status != "pending_payment":
+            raise DomainError(
+                OrderError.INVALID_ORDER_STATE, f"A {view.status} order cannot be cancelled."
+            )
+        if not await self._close(order_no, "cancelled", actor="buyer"):
+            raise DomainError(OrderError.INVALID_ORDER_STATE, "The order changed meanwhile.")
+        return await self.lookup(order_no, token)
+
+    async def _close(self, order_no: str, status: str, *, actor: str) -> bool:
+        """pending_payment → expired | cancelled, then the hold goes back to the pool."""
+        async with self._db.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE orders SET status = $2, closed_at = $3 "
+                "WHERE order_no = $1 AND status = 'pending_payment' RETURNING sku, holder",
+                order_no,
+                status,
+                self._clock(),
+            )
+            if row is None:
+                return False
+            await audit.record(conn, actor, f"order.{status}", f"order:{order_no}")
+        await self._release_quietly(row["sku"], row["holder"])
+        return True
+
+    async def expire_due(self) -> int:
+        """Expire unpaid orders past `expires_at`; returns how many."""
+        rows = await self._db.fetch(
+            "SELECT order_no FROM orders WHERE status = 'pending_payment' AND expires_at <= $1 "
+            "ORDER BY expires_at LIMIT $2",
+            self._clock(),
+            _SWEEP_BATCH,
+        )
+        expired = 0
+        for row in rows:
+            if await self._close(row["order_no"], "expired", actor="system"):
+                expired += 1
+        return expired
+
+    async def sweep_forever(self) -> None:
+        """Expire unpaid orders as their windows close (every worker runs one; the status
+        guard makes each expiry happen once)."""
+        while True:
+            try:
+                await self.expire_due()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("order_sweep_failed", error=type(exc).__name__)
+            await asyncio.sleep(self._settings.order_sweep_interval_s)
+
+    # ------------------------------------------------------------------ refund
+
+    async def refund(self, order_no: str, *, actor: str, reason: str) -> OrderView:
+        """An operator refunds an order: every payment it holds goes back through its
+        provider, delivered keys are revoked (never back in the pool), the sale reversed."""
+        async with self._db.acquire() as conn:
+            order = await conn.fetchrow("SELECT * FROM orders WHERE order_no = $1", order_no)
+            if order is None:
+                raise _not_found()
+            if order["status"] not in ("delivered", "paid") and not order["refund_due"]:
+                raise DomainError(
+                    OrderError.INVALID_ORDER_STATE,
+                    f"A {order['status']} order has nothing to refund.",
+                )
+            payments = await conn.fetch(
+                "SELECT * FROM payments WHERE order_id = $1 AND status IN ('applied', "
+                "'refund_due') ORDER BY id",
+                order["id"],
+            )
+            # The provider first: if it refuses, nothing here changes.
+            for payment in payments:
+                provider = self._providers.get(payment["provider"])
+                if provider is None:
+                    raise DomainError(
+                        OrderError.REFUND_FAILED,
+                        f"Provider {payment['provider']} is not configured here.",
+                    )
+                refund_no = payment["refund_no"] or f"R{order_no}-{payment['id']}"
+                try:
+                    result = await provider.refund(
+                        order_no=order_no,
+                        trade_no=payment["trade_no"],
+                        amount=payment["amount"],
+                        total=payment["amount"],
+                        refund_no=refund_no,
+                        reason=reason,
+                    )
+                except PaymentProviderError as exc:
+                    log.error("refund_failed", order_no=order_no, error=str(exc))
+                    raise DomainError(
+                        OrderError.REFUND_FAILED,
+                        "The payment provider did not confirm the refund; nothing changed.",
+                        retry_after=30,
+                    ) from None
+                if not result.succeeded:
+                    raise DomainError(
+                        OrderError.REFUND_FAILED,
+                        "The payment provider refused the refund; nothing changed.",
+                    )
+                async with conn.transaction():
+                    await self._settle_refund(conn, order, payment, refund_no)
+            async with conn.transaction():
+                current = await conn.fetchrow(
+                    "SELECT * FROM orders WHERE id = $1 FOR UPDATE", order["id"]
+                )
+                assert current is not None
+                if current["status"] in ("delivered", "paid"):
+                    await conn.execute(
+                        "UPDATE orders SET status = 'refunded', refund_due = false, "
+                        "closed_at = $2 WHERE id = $1",
+                        order["id"],
+                        self._clock(),
+                    )
+                    await emit_event(
+                        conn,
+                        "order.refunded",
+                        _event(current, "refunded"),
+                        agent_id=current["store_agent_id"],
+                    )
+                    if current["contact_kind"] == "email":
+                        await enqueue_email(
+                            conn,
+                            current["contact"],
+                            "order_refunded",
+                            current["locale"],
+                            {
+                                "order_no": order_no,
+                                "amount": current["amount"],
+                                "currency": current["currency"],
+                            },
+                        )
+                else:
+                    await conn.execute(
+                        "UPDATE orders SET refund_due = false WHERE id = $1", order["id"]
+                    )
+                await audit.record(
+                    conn, actor, "order.refunded", f"order:{order_no}", {"reason": reason}
+                )
+            refreshed = await conn.fetchrow("SELECT * FROM orders WHERE id = $1", order["id"])
+            assert refreshed is not None
+        return _view(refreshed, None)
+
+    async def _settle_refund(
+        self,
+        conn: Connection,
+        order: asyncpg.Record,
+        payment: asyncpg.Record,
+        refund_no: str,
+    ) -> None:
+        done = await conn.fetchval(
+            "UPDATE payments SET status = 'refunded', refund_no = $2, refunded_at = $3 "
+            "WHERE id = $1 AND status <> 'refunded' RETURNING status",
+            payment["id"],
+            refund_no,
+            self._clock(),
+        )
+        if done is None:
+            return  # refunded by a concurrent call
+        if payment["status"] == "applied":
+            # The keys were delivered: revoked, never back in the pool; the sale reversed.
+            await conn.execute(
+                "UPDATE card_keys SET state = 'revoked' WHERE id IN "
+                "(SELECT card_key_id FROM order_keys WHERE order_id = $1)",
+                order["id"],
+            )
+            await self._journal_sale(conn, order, payment["provider"], reverse=True)
+        elif payment["amount"] > 0:
+            acc = await self._accounts(conn, payment["provider"], payment["currency"])
+            await post(
+                conn,
+                "order.refund_unusable",
+                [(acc["payable"], payment["amount"]), (acc["clearing"], -payment["amount"])],
+                reference=order["order_no"],
+            )
+
+
+class _IntegrityAlarm(DomainError):
+    """Keys the pool gave this order are not available in PostgreSQL: nothing delivered."""
+
+    def __init__(self, sku: str, holder: str, unavailable: Sequence[int]) -> None:
+        super().__init__(
+            IssuanceError.INTEGRITY_ALARM,
+            "The order's keys failed an integrity check; nothing was delivered. "
+            "The payment will be retried.",
+            retry_after=5,
+        )
+        self.sku = sku
+        self.holder = holder
+        self.unavailable = list(unavailable)
+
+
+def _not_found() -> DomainError:
+    return DomainError(OrderError.ORDER_NOT_FOUND, "No such order, or a wrong lookup token.")
+
+
+def _event(order: asyncpg.Record, status: str) -> dict[str, Any]:
+    return {
+        "order_no": order["order_no"],
+        "status": status,
+        "sku": order["sku"],
+        "quantity": order["quantity"],
+        "amount": order["amount"],
+        "currency": order["currency"],
+        "store_agent_id": order["store_agent_id"],
+    }
+
+
+def _view(row: asyncpg.Record, keys: list[str] | None) -> OrderView:
+    return OrderView(
+        order_no=row["order_no"],
+        status=row["status"],
+        sku=row["sku"],
+        quantity=row["quantity"],
+        amount=row["amount"],
+        currency=row["currency"],
+        expires_at=row["expires_at"],
+        created_at=row["created_at"],
+        paid_at=row["paid_at"],
+        delivered_at=row["delivered_at"],
+        keys=keys,
+    )
+
+
+__all__ = [
+    "CreatedOrder",
+    "NewOrder",
+    "OrderService",
+    "OrderView",
+    "PaymentOutcome",
+]
