@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from engine.errors import CommonError, DomainError
 from engine.principals import AgentKey, Operator, Principal, PrincipalCache
 from engine.runtime import Runtime
+from engine.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, remember, verify
 
 _bearer = HTTPBearer(auto_error=False, description="An operator token or an agent API key")
 
@@ -30,10 +32,42 @@ async def get_principal(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise DomainError(CommonError.UNAUTHENTICATED, "Send Authorization: Bearer <token>.")
     cache: PrincipalCache = request.app.state.principals
-    principal = await cache.authenticate(runtime.db, credentials.credentials)
+    keyring = getattr(request.app.state, "keyring", None)
+    principal = await cache.authenticate(
+        runtime.db, credentials.credentials, keyring.cipher if keyring is not None else None
+    )
     if principal is None:
         raise DomainError(CommonError.UNAUTHENTICATED, "The token is not valid.")
+    # One attribute test: keys that do not sign pay nothing more on the hot path.
+    if isinstance(principal, AgentKey) and principal.require_signature:
+        await _check_signature(request, runtime, principal)
     return principal
+
+
+async def _check_signature(request: Request, runtime: Runtime, key: AgentKey) -> None:
+    signature = verify(
+        key.signing_secret,
+        method=request.method,
+        target=_request_target(request),
+        timestamp=request.headers.get(TIMESTAMP_HEADER),
+        signature=request.headers.get(SIGNATURE_HEADER),
+        # Starlette keeps the body, so the route reads the same bytes again for free.
+        body=await request.body(),
+        now=time.time(),
+    )
+    await remember(runtime.redis, runtime.settings.redis_namespace, key.key_id, signature)
+
+
+def _request_target(request: Request) -> str:
+    """The path as sent on the request line (percent-encoding untouched) and the raw query.
+
+    Servers disagree on whether `raw_path` carries the query (httpx's ASGI transport puts
+    it there, uvicorn does not), so it is cut off and `query_string` used for both.
+    """
+    raw_path: bytes | None = request.scope.get("raw_path")
+    path = raw_path.split(b"?", 1)[0].decode("latin-1") if raw_path else request.url.path
+    query: bytes = request.scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

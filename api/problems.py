@@ -43,6 +43,11 @@ STATUS_BY_CODE: dict[str, int] = {
     "internal_error": 500,
     # engine.idempotency
     "idempotency_in_progress": 409,
+    # engine.signing: each a kind of bad credentials, so 401 like `unauthenticated`
+    "invalid_signature": 401,
+    "signature_expired": 401,
+    "signature_replayed": 401,
+    "api_key_not_found": 404,
     # engine.catalog
     "sku_exists": 409,
     "product_not_found": 404,
@@ -81,6 +86,14 @@ STATUS_BY_CODE: dict[str, int] = {
     "webhook_endpoint_disabled": 409,
     "outbox_message_not_found": 404,
     "outbox_message_not_dead": 409,
+    # engine.distribution.commissions
+    "invalid_quantity": 422,
+    "negative_amount": 422,
+    "invalid_promoter": 422,
+    "invalid_promoter_rate": 422,
+    "duplicate_agent": 422,
+    "below_cost_basis": 422,
+    "promoter_exceeds_margin": 422,
     # engine.ledger
     "insufficient_balance": 402,
     "invalid_amount": 422,

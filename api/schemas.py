@@ -117,6 +117,16 @@ class AgentPublic(BaseModel):
 
 class ApiKeyCreate(RequestModel):
     mode: Literal["live", "test"] = "live"
+    require_signature: bool = Field(
+        default=False,
+        description="Require HMAC-SHA256 request signatures (docs/SIGNING.md) with this key.",
+    )
+
+
+_SHOWN_ONCE = (
+    "The HMAC key for X-Kami-Signature, shown once, when it is created; null otherwise. "
+    "Stored sealed under the master key, never logged."
+)
 
 
 class ApiKeyCreated(BaseModel):
@@ -124,6 +134,24 @@ class ApiKeyCreated(BaseModel):
     key: str = Field(description="The secret, shown once; only its hash is stored.")
     mode: str
     prefix: str
+    require_signature: bool = False
+    signing_secret: str | None = Field(default=None, description=_SHOWN_ONCE)
+
+
+class ApiKeyUpdate(RequestModel):
+    require_signature: bool
+    rotate_signing_secret: bool = Field(
+        default=False, description="Replace the signing secret; the old one stops at once."
+    )
+
+
+class ApiKeyPublic(BaseModel):
+    id: int
+    agent_id: int
+    mode: str
+    prefix: str
+    require_signature: bool
+    signing_secret: str | None = Field(default=None, description=_SHOWN_ONCE)
 
 
 class DepositCreate(RequestModel):

@@ -276,6 +276,26 @@ class Pool:
         """Add one batch's entries of one ``priority``: ``ids`` strictly increasing, with
         their ``ciphertexts``; returns the new count. The bulk form of ``load``, with the
         same idempotency contract."""
+    def park_sorted(
+        self,
+        sku: str,
+        ids: Sequence[int],
+        ciphertexts: Sequence[bytes],
+        *,
+        priority: int,
+        batch: int,
+        ttl_s: int = 3600,
+    ) -> Future[int]:
+        """Park one batch's entries of one ``priority`` (``ids`` strictly increasing) where no
+        take can see them; returns how many are parked. Then ``activate_parked`` or
+        ``unpark``; unclaimed, they vanish after ``ttl_s``."""
+    def activate_parked(
+        self, sku: str, *, priority: int, batch: int, last_id: int
+    ) -> Future[int | None]:
+        """Make a batch's parked entries available (``last_id``: its highest entry id);
+        returns how many, or None when the pool refused: load the batch the usual way."""
+    def unpark(self, sku: str, *, priority: int, batch: int) -> Future[None]:
+        """Drop a batch's parked entries (its import did not commit)."""
     def reserve(
         self, sku: str, holder: str, quantity: int, ttl_ms: int, *, batch: int | None = None
     ) -> Future[list[tuple[int, bytes]]]:

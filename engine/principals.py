@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
+import structlog
 
+from engine._core import Cipher, CryptoError
 from engine.auth import OPERATOR_TOKEN_PREFIX, hash_secret, secrets_match
+from engine.signing import unseal
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,10 @@ class AgentKey:
     agent_id: int
     level_id: int
     mode: str
+    require_signature: bool = False
+    # The opened signing secret (docs/SIGNING.md), kept with the cached principal so a
+    # signed request costs no extra lookup; never in a repr, so never in a log line.
+    signing_secret: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def owner_label(self) -> str:
@@ -47,13 +56,17 @@ class PrincipalCache:
         self._ttl_s = ttl_s
         self._entries: dict[bytes, tuple[float, Principal | None]] = {}
 
-    async def authenticate(self, pool: asyncpg.Pool, secret: str) -> Principal | None:
+    async def authenticate(
+        self, pool: asyncpg.Pool, secret: str, cipher: Cipher | None = None
+    ) -> Principal | None:
+        """`cipher` opens the signing secrets of keys that require signatures; without it
+        such a key authenticates with no secret, so none of its requests verifies."""
         digest = hash_secret(secret)
         now = time.monotonic()
         cached = self._entries.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        principal = await _lookup(pool, secret, digest)
+        principal = await _lookup(pool, secret, digest, cipher)
         if len(self._entries) >= _CACHE_MAX:
             self._entries.clear()
         self._entries[digest] = (now + self._ttl_s, principal)
@@ -62,8 +75,20 @@ class PrincipalCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    def forget_key(self, key_id: int) -> None:
+        """Drop an API key's cached principal, so a change to it applies at once here."""
+        stale = [
+            digest
+            for digest, (_, principal) in self._entries.items()
+            if isinstance(principal, AgentKey) and principal.key_id == key_id
+        ]
+        for digest in stale:
+            del self._entries[digest]
 
-async def _lookup(pool: asyncpg.Pool, secret: str, digest: bytes) -> Principal | None:
+
+async def _lookup(
+    pool: asyncpg.Pool, secret: str, digest: bytes, cipher: Cipher | None
+) -> Principal | None:
     if secret.startswith(OPERATOR_TOKEN_PREFIX) or not secret.startswith("kami_"):
         row = await pool.fetchrow(
             "SELECT id, role, token_hash FROM operator_tokens "
@@ -74,13 +99,34 @@ async def _lookup(pool: asyncpg.Pool, secret: str, digest: bytes) -> Principal |
             return Operator(token_id=row["id"], role=row["role"])
         return None
     row = await pool.fetchrow(
-        "SELECT k.id, k.agent_id, k.mode, k.secret_hash, a.level_id FROM api_keys k "
+        "SELECT k.id, k.agent_id, k.mode, k.secret_hash, k.require_signature, "
+        "k.signing_secret_sealed, a.level_id FROM api_keys k "
         "JOIN agents a ON a.id = k.agent_id "
         "WHERE k.secret_hash = $1 AND k.revoked_at IS NULL AND a.status = 'active'",
         digest,
     )
-    if row is not None and secrets_match(secret, row["secret_hash"]):
-        return AgentKey(
-            key_id=row["id"], agent_id=row["agent_id"], level_id=row["level_id"], mode=row["mode"]
-        )
-    return None
+    if row is None or not secrets_match(secret, row["secret_hash"]):
+        return None
+    signing_secret = None
+    if row["require_signature"]:
+        signing_secret = _open_signing_secret(cipher, row["id"], row["signing_secret_sealed"])
+    return AgentKey(
+        key_id=row["id"],
+        agent_id=row["agent_id"],
+        level_id=row["level_id"],
+        mode=row["mode"],
+        require_signature=row["require_signature"],
+        signing_secret=signing_secret,
+    )
+
+
+def _open_signing_secret(cipher: Cipher | None, key_id: int, sealed: bytes) -> bytes | None:
+    if cipher is None:
+        return None
+    try:
+        return unseal(cipher, key_id, sealed)
+    except CryptoError:
+        # Another master key, or a ciphertext moved from another row: the key stays
+        # unusable (fail closed) and an operator hears of it.
+        log.error("signing_secret_unopenable", key_id=key_id)
+        return None

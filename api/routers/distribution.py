@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, status
 from starlette.responses import Response
 
 from api.deps import OperatorDep, RuntimeDep
-from api.idempotency import Written, json_response, operator_write
+from api.idempotency import Written, json_response, operator_write, run_idempotent
 from api.schemas import (
     AgentCreate,
     AgentLevelCreate,
@@ -16,10 +16,13 @@ from api.schemas import (
     AgentPublic,
     ApiKeyCreate,
     ApiKeyCreated,
+    ApiKeyPublic,
+    ApiKeyUpdate,
     DepositCreate,
     DepositPublic,
     Id,
 )
+from engine import audit
 from engine.auth import ApiKeyMode
 from engine.distribution.service import (
     Agent,
@@ -31,6 +34,7 @@ from engine.distribution.service import (
     get_level,
 )
 from engine.ledger.service import deposit
+from engine.signing import configure
 from engine.storage.db import Connection
 
 router = APIRouter(prefix="/v1", tags=["distribution"])
@@ -125,13 +129,32 @@ async def create_key(
     operator: OperatorDep,
     body: ApiKeyCreate | None = None,
 ) -> Response:
-    mode = ApiKeyMode((body or ApiKeyCreate()).mode)
+    options = body or ApiKeyCreate()
+    mode = ApiKeyMode(options.mode)
 
     async def work(conn: Connection) -> Written:
         key_id, key, prefix = await create_api_key(conn, agent_id, mode)
-        created = ApiKeyCreated(id=key_id, key=key, mode=mode.value, prefix=prefix)
-        # The audit keeps the prefix, never the key.
-        detail = {"key_id": key_id, "mode": mode.value, "prefix": prefix}
+        signing_secret = None
+        if options.require_signature:
+            state = await configure(
+                conn, request.app.state.keyring.cipher, key_id, require_signature=True
+            )
+            signing_secret = state.new_secret
+        created = ApiKeyCreated(
+            id=key_id,
+            key=key,
+            mode=mode.value,
+            prefix=prefix,
+            require_signature=options.require_signature,
+            signing_secret=signing_secret,
+        )
+        # The audit keeps the prefix, never the key or the signing secret.
+        detail = {
+            "key_id": key_id,
+            "mode": mode.value,
+            "prefix": prefix,
+            "require_signature": options.require_signature,
+        }
         return created.model_dump(mode="json"), f"agent:{agent_id}", detail
 
     return await operator_write(
@@ -139,9 +162,70 @@ async def create_key(
         runtime,
         operator,
         action="api_key.created",
-        payload={"agent_id": agent_id, "mode": mode.value},
+        payload={
+            "agent_id": agent_id,
+            "mode": mode.value,
+            "require_signature": options.require_signature,
+        },
         work=work,
     )
+
+
+@router.patch(
+    "/api-keys/{key_id}",
+    response_model=ApiKeyPublic,
+    summary="Require (or stop requiring) signed requests with an API key",
+    description="Turning signing on for a key without a signing secret, or rotating it, "
+    "returns the new `signing_secret`, once. Applies to every worker within seconds.",
+)
+async def update_key(
+    key_id: Id,
+    body: ApiKeyUpdate,
+    request: Request,
+    runtime: RuntimeDep,
+    operator: OperatorDep,
+) -> Response:
+    async def run() -> Response:
+        async with runtime.db.acquire() as conn, conn.transaction():
+            state = await configure(
+                conn,
+                request.app.state.keyring.cipher,
+                key_id,
+                require_signature=body.require_signature,
+                rotate=body.rotate_signing_secret,
+            )
+            detail = {
+                "key_id": key_id,
+                "require_signature": state.require_signature,
+                "secret_created": state.new_secret is not None,
+            }
+            await audit.record(
+                conn,
+                operator.owner_label,
+                "api_key.signing_changed",
+                f"agent:{state.agent_id}",
+                detail,
+            )
+        public = ApiKeyPublic(
+            id=state.key_id,
+            agent_id=state.agent_id,
+            mode=state.mode,
+            prefix=state.prefix,
+            require_signature=state.require_signature,
+            signing_secret=state.new_secret,
+        )
+        return json_response(200, public.model_dump(mode="json"))
+
+    response = await run_idempotent(
+        request,
+        runtime,
+        operator.owner_label,
+        {"key_id": key_id, **body.model_dump(mode="json")},
+        run,
+    )
+    # This worker applies the change at once; the others when their cache entry expires.
+    request.app.state.principals.forget_key(key_id)
+    return response
 
 
 @router.post(

@@ -15,7 +15,7 @@ from engine._core import Pool
 from engine.catalog.service import get_product
 from engine.crypto.keyring import load_keyring
 from engine.inventory.files import read_codes_file
-from engine.inventory.pools import publish_batch
+from engine.inventory.pools import ParkedBatch
 from engine.inventory.service import BatchResult, add_codes
 
 
@@ -66,32 +66,31 @@ async def import_file(
                 declared_format=file_format,
                 column=column,
             )
-        async with db.acquire() as conn, conn.transaction():
-            result = await add_codes(
-                conn,
-                keyring,
-                product,
-                codes,
-                name=name or path.name,
-                unit_cost=unit_cost,
-                expires_at=expires_at,
-                rejected=len(rejected),
-            )
-            await audit.record(
-                conn,
-                "cli",
-                "batch.imported",
-                f"product:{sku}",
-                {"batch_id": result.batch_id, "accepted": result.accepted, "file": path.name},
-            )
-        published = await publish_batch(
-            db,
-            Pool(redis_url, namespace=namespace),
-            sku,
-            result.batch_id,
-            keys=result.keys,
-            expires_at=expires_at,
-        )
+        parked = ParkedBatch(Pool(redis_url, namespace=namespace), sku, expires_at)
+        try:
+            async with db.acquire() as conn, conn.transaction():
+                result = await add_codes(
+                    conn,
+                    keyring,
+                    product,
+                    codes,
+                    name=name or path.name,
+                    unit_cost=unit_cost,
+                    expires_at=expires_at,
+                    rejected=len(rejected),
+                    stage=parked.park,
+                )
+                await audit.record(
+                    conn,
+                    "cli",
+                    "batch.imported",
+                    f"product:{sku}",
+                    {"batch_id": result.batch_id, "accepted": result.accepted, "file": path.name},
+                )
+        except BaseException:
+            await parked.discard()
+            raise
+        published = await parked.publish(db, result)
         return ImportReport(result, rejected, published)
     finally:
         await db.close()

@@ -14,7 +14,8 @@ from datetime import datetime
 import asyncpg
 import structlog
 
-from engine._core import Pool
+from engine._core import EngineError, Pool
+from engine.inventory.service import BatchResult
 from engine.runtime import require_urls
 from engine.settings import Settings
 
@@ -118,6 +119,78 @@ async def publish_batch(
     if not keys[0]:
         return 0
     return await load_batch(pool, sku, batch_id, expires_at, *keys)
+
+
+# Parked entries of an import that never came back for them vanish after this.
+PARK_TTL_S = 3600
+
+
+class ParkedBatch:
+    """An import's keys loaded into the pool while PostgreSQL is still writing them.
+
+    Parked entries are invisible to takes; once the batch is committed they become
+    available in one script call per shard, so the pool load overlaps the database insert
+    instead of following it. Anything short of a clean commit with every key accepted
+    falls back to `publish_batch`. Redis trouble while parking never fails the import.
+    """
+
+    def __init__(self, pool: Pool, sku: str, expires_at: datetime | None) -> None:
+        self._pool = pool
+        self._sku = sku
+        self._expires_at = expires_at
+        self._batch: int | None = None
+        self._last_id = 0
+        self._parked = False
+
+    async def park(self, batch_id: int, ids: Sequence[int], ciphertexts: Sequence[bytes]) -> None:
+        if not ids:
+            return
+        self._batch, self._last_id = batch_id, ids[-1]
+        try:
+            await self._pool.park_sorted(
+                self._sku,
+                ids,
+                ciphertexts,
+                priority=priority(self._expires_at, batch_id),
+                batch=batch_id,
+                ttl_s=PARK_TTL_S,
+            )
+            self._parked = True
+        except EngineError as exc:
+            log.warning("pool_park_failed", sku=self._sku, error=type(exc).__name__)
+
+    async def discard(self) -> None:
+        """The import did not commit: drop what was parked (best effort; a TTL backs it)."""
+        if self._batch is None:
+            return
+        try:
+            await self._pool.unpark(
+                self._sku, priority=priority(self._expires_at, self._batch), batch=self._batch
+            )
+        except EngineError as exc:
+            log.warning("pool_unpark_failed", sku=self._sku, error=type(exc).__name__)
+
+    async def publish(self, db: asyncpg.Pool, batch: BatchResult) -> int:
+        """After the commit: make the batch available; returns how many keys were added."""
+        if self._parked and batch.keys is not None and batch.batch_id == self._batch:
+            activated = await self._pool.activate_parked(
+                self._sku,
+                priority=priority(self._expires_at, batch.batch_id),
+                batch=batch.batch_id,
+                last_id=self._last_id,
+            )
+            if activated is not None:
+                return activated
+        elif self._parked:
+            await self.discard()  # some keys were duplicates: the parked list is not the batch
+        return await publish_batch(
+            db,
+            self._pool,
+            self._sku,
+            batch.batch_id,
+            keys=batch.keys,
+            expires_at=self._expires_at,
+        )
 
 
 async def rebuild_all(settings: Settings, sku: str | None = None) -> dict[str, int]:

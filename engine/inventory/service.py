@@ -8,9 +8,11 @@ product's earlier batches — are counted and skipped; the unique index on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -43,8 +45,12 @@ async def add_codes(
     expires_at: datetime | None = None,
     priority: int = 0,
     rejected: int = 0,
+    stage: Callable[[int, list[int], list[bytes]], Coroutine[Any, Any, None]] | None = None,
 ) -> BatchResult:
     """Add a batch in the caller's transaction (all of it or, on error, none of it).
+
+    `stage(batch_id, ids, ciphertexts)`, if given, runs alongside the insert (the pool
+    parks the keys meanwhile); it must not raise.
 
     `codes` come from the parser (`parse_codes`, `CodeReader`, `screen_codes`), which has
     normalised them; the fingerprint normalises again, so a stray unnormalised code is
@@ -66,7 +72,20 @@ async def add_codes(
     # Ids follow fingerprint order, so both unique indexes grow by appending.
     ids = await _allocate_ids(conn, len(distinct))
     ciphertexts = keyring.cipher.encrypt_many(product.sku, list(zip(ids, distinct, strict=True)))
-    accepted = await _insert_keys(conn, product.id, batch_id, ids, ciphertexts, fingerprints)
+    if stage is None:
+        accepted = await _insert_keys(conn, product.id, batch_id, ids, ciphertexts, fingerprints)
+    else:
+        # The pool load runs while PostgreSQL inserts (see `ParkedBatch`); a failed insert
+        # cancels it, and the caller discards what was parked.
+        staging = asyncio.ensure_future(stage(batch_id, ids, ciphertexts))
+        try:
+            accepted = await _insert_keys(
+                conn, product.id, batch_id, ids, ciphertexts, fingerprints
+            )
+        except BaseException:
+            staging.cancel()
+            raise
+        await staging
     duplicates = within_batch_duplicates + (len(distinct) - accepted)
     await conn.execute(
         "UPDATE batches SET accepted = $2, duplicates = $3, rejected = $4 WHERE id = $1",

@@ -399,6 +399,8 @@ async fn open(config: &PoolConfig) -> CoreResult<Conn> {
 
 /// Entries grouped for load: shard -> bucket -> (id, packed entry), sorted by id.
 type Grouped = BTreeMap<u32, BTreeMap<String, Vec<(u64, Vec<u8>)>>>;
+/// One batch's (id, packed entry) pairs by shard, ids increasing.
+type ByShard = BTreeMap<u32, Vec<(u64, Vec<u8>)>>;
 
 impl Pool {
     /// Validates the configuration; connects nothing (the first call does, so a server can
@@ -803,6 +805,24 @@ impl Pool {
         Ok(added)
     }
 
+    /// A batch's (id, packed entry) pairs by shard, refusing ids that do not increase.
+    fn sorted_by_shard(&self, entries: Vec<(u64, Vec<u8>)>) -> CoreResult<ByShard> {
+        if entries.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+            return Err(CoreError::InvalidArgument(
+                "entry ids must be strictly increasing".into(),
+            ));
+        }
+        let shards = self.inner.config.shards;
+        let mut by_shard = ByShard::new();
+        for entry in entries {
+            by_shard
+                .entry(entry_shard(entry.0, shards))
+                .or_default()
+                .push(entry);
+        }
+        Ok(by_shard)
+    }
+
     /// Adds one batch's entries of one priority, as (id, packed entry) in increasing id
     /// order (see `keys::pack`); returns how many were new. `load` without the per-entry
     /// grouping, for imports.
@@ -813,21 +833,9 @@ impl Pool {
         batch: u64,
         entries: Vec<(u64, Vec<u8>)>,
     ) -> CoreResult<u64> {
-        if entries.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
-            return Err(CoreError::InvalidArgument(
-                "entry ids must be strictly increasing".into(),
-            ));
-        }
         let tags = self.tags(sku)?;
         let name = bucket(priority, batch)?;
-        let shards = self.inner.config.shards;
-        let mut by_shard: BTreeMap<u32, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
-        for entry in entries {
-            by_shard
-                .entry(entry_shard(entry.0, shards))
-                .or_default()
-                .push(entry);
-        }
+        let by_shard = self.sorted_by_shard(entries)?;
         let mut added = 0;
         for (shard, list) in by_shard {
             let tag = tags
@@ -837,6 +845,91 @@ impl Pool {
             added += self.load_shard(tag, buckets, None).await?;
         }
         Ok(added)
+    }
+
+    /// Parks one batch's entries of one priority, as (id, packed entry) in increasing id
+    /// order, where no take can see them; returns how many are parked. An import parks its
+    /// keys while PostgreSQL commits them, then `activate_parked` (committed) or
+    /// `unpark` (rolled back). Parked entries left unclaimed vanish after `ttl_s`.
+    pub async fn park_sorted(
+        &self,
+        sku: &str,
+        priority: i64,
+        batch: u64,
+        entries: Vec<(u64, Vec<u8>)>,
+        ttl_s: u64,
+    ) -> CoreResult<u64> {
+        let tags = self.tags(sku)?;
+        let name = bucket(priority, batch)?;
+        let mut parked = 0;
+        for (shard, entries) in self.sorted_by_shard(entries)? {
+            let list: Vec<Vec<u8>> = entries.into_iter().map(|(_, packed)| packed).collect();
+            let tag = tags
+                .get(shard as usize)
+                .ok_or_else(|| integrity("shard out of range"))?;
+            let build = |chunk: &[Vec<u8>], first: bool| {
+                let mut inv = self.inner.scripts.load.key(tag);
+                inv.arg("P")
+                    .arg(u8::from(first))
+                    .arg(ttl_s.max(1))
+                    .arg(&name);
+                for packed in chunk {
+                    inv.arg(packed.as_slice());
+                }
+                inv
+            };
+            let mut chunks = list.chunks(LOAD_CHUNK);
+            let mut current = chunks.next().map(|chunk| build(chunk, true));
+            let mut shard_len = 0;
+            while let Some(inv) = current.take() {
+                // Redis runs this chunk while the next one's arguments are built.
+                let next_chunk = chunks.next();
+                let (reply, next) = tokio::join!(self.inner.eval(&inv), async {
+                    next_chunk.map(|chunk| build(chunk, false))
+                });
+                shard_len = as_u64(&reply?)?;
+                current = next;
+            }
+            parked += shard_len;
+        }
+        Ok(parked)
+    }
+
+    /// Makes a batch's parked entries available (`last_id`: the batch's highest entry id,
+    /// the bucket's load high-water mark); returns how many. None when a shard refused
+    /// (the bucket was live already, or the pool is gone): its parked entries are dropped
+    /// and the caller loads the batch the usual way, which skips what was activated.
+    pub async fn activate_parked(
+        &self,
+        sku: &str,
+        priority: i64,
+        batch: u64,
+        last_id: u64,
+    ) -> CoreResult<Option<u64>> {
+        let name = bucket(priority, batch)?;
+        let mut activated = 0;
+        let mut refused = false;
+        for tag in self.tags(sku)? {
+            let mut inv = self.inner.scripts.load.key(&tag);
+            inv.arg("A").arg(0).arg(&name).arg(last_id);
+            match self.inner.eval(&inv).await? {
+                Value::Int(n) if n >= 0 => activated += n.unsigned_abs(),
+                Value::Int(_) => refused = true,
+                _ => return Err(integrity("unexpected activate reply")),
+            }
+        }
+        Ok((!refused).then_some(activated))
+    }
+
+    /// Drops a batch's parked entries (its import did not commit).
+    pub async fn unpark(&self, sku: &str, priority: i64, batch: u64) -> CoreResult<()> {
+        let name = bucket(priority, batch)?;
+        for tag in self.tags(sku)? {
+            let mut inv = self.inner.scripts.load.key(&tag);
+            inv.arg("U").arg(0).arg(&name);
+            self.inner.eval(&inv).await?;
+        }
+        Ok(())
     }
 
     /// Replaces the pool with `entries` (id, ciphertext, priority, batch), dropping holds

@@ -11,6 +11,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use super::runtime::spawn;
 
+use crate::error::CoreResult;
 use crate::pool::keys::pack;
 use crate::pool::{Entry, Pool, PoolConfig};
 
@@ -184,22 +185,70 @@ impl PyPool {
         priority: i64,
         batch: u64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if ids.len() != ciphertexts.len() {
-            return Err(PyValueError::new_err(
-                "ids and ciphertexts must have the same length",
-            ));
-        }
+        check_parallel(&ids, &ciphertexts)?;
         let pool = Arc::clone(&self.pool);
-        // Packed here, with the interpreter released: the async task then owns plain bytes.
-        let entries = py.detach(|| {
-            ids.iter()
-                .zip(&ciphertexts)
-                .map(|(id, ciphertext)| pack(*id, ciphertext).map(|packed| (*id, packed)))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
         spawn(py, async move {
+            let entries = packed(&ids, &ciphertexts)?;
             pool.load_sorted(&sku, priority, batch, entries).await
         })
+    }
+
+    /// Park one batch's entries of one ``priority`` (``ids`` strictly increasing, with
+    /// their ``ciphertexts``) where no take can see them; returns how many are parked.
+    /// Then ``activate_parked`` or ``unpark``; unclaimed, they vanish after ``ttl_s``.
+    #[pyo3(signature = (sku, ids, ciphertexts, *, priority, batch, ttl_s = 3600))]
+    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts sequences into owned Vecs
+    #[allow(clippy::too_many_arguments)]
+    fn park_sorted<'py>(
+        &self,
+        py: Python<'py>,
+        sku: String,
+        ids: Vec<u64>,
+        ciphertexts: Vec<PyBackedBytes>,
+        priority: i64,
+        batch: u64,
+        ttl_s: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        check_parallel(&ids, &ciphertexts)?;
+        let pool = Arc::clone(&self.pool);
+        // Packed in the task, not on the caller's thread: an import parks while its own
+        // event loop streams the same keys to PostgreSQL.
+        spawn(py, async move {
+            let entries = packed(&ids, &ciphertexts)?;
+            pool.park_sorted(&sku, priority, batch, entries, ttl_s)
+                .await
+        })
+    }
+
+    /// Make a batch's parked entries available; ``last_id`` is the batch's highest entry
+    /// id. Returns how many, or None when the pool refused (the bucket is live already, or
+    /// the pool is gone): load the batch the usual way then.
+    #[pyo3(signature = (sku, *, priority, batch, last_id))]
+    fn activate_parked<'py>(
+        &self,
+        py: Python<'py>,
+        sku: String,
+        priority: i64,
+        batch: u64,
+        last_id: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let pool = Arc::clone(&self.pool);
+        spawn(py, async move {
+            pool.activate_parked(&sku, priority, batch, last_id).await
+        })
+    }
+
+    /// Drop a batch's parked entries (its import did not commit).
+    #[pyo3(signature = (sku, *, priority, batch))]
+    fn unpark<'py>(
+        &self,
+        py: Python<'py>,
+        sku: String,
+        priority: i64,
+        batch: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let pool = Arc::clone(&self.pool);
+        spawn(py, async move { pool.unpark(&sku, priority, batch).await })
     }
 
     /// Hold ``quantity`` (1..=100) entries for ``holder`` for ``ttl_ms``; returns them as
@@ -380,4 +429,23 @@ impl PyPool {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPool>()
+}
+
+fn check_parallel(ids: &[u64], ciphertexts: &[PyBackedBytes]) -> PyResult<()> {
+    if ids.len() == ciphertexts.len() {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(
+            "ids and ciphertexts must have the same length",
+        ))
+    }
+}
+
+/// (id, packed entry) pairs of a batch given as parallel sequences (done in the async task:
+/// a million entries are not packed on the caller's event loop).
+fn packed(ids: &[u64], ciphertexts: &[PyBackedBytes]) -> CoreResult<Vec<(u64, Vec<u8>)>> {
+    ids.iter()
+        .zip(ciphertexts)
+        .map(|(id, ciphertext)| pack(*id, ciphertext).map(|packed| (*id, packed)))
+        .collect()
 }

@@ -207,6 +207,50 @@ async def test_load_sorted_refuses_unordered_or_mismatched_input(pool: Pool) -> 
     assert not await pool.exists("B")
 
 
+async def test_parked_entries_are_invisible_until_activated(pool: Pool, redis_url: str) -> None:
+    await pool.rebuild("K", [], issued=0)  # the product's (empty) pool
+    ids = list(range(1, 9_001))
+    assert await pool.park_sorted("K", ids, [ct(i) for i in ids], priority=2, batch=9) == 9_000
+    # Parked: nothing to take, nothing counted.
+    assert await pool.stock("K") == (0, 0, 0)
+    with pytest.raises(OutOfStock):
+        await pool.take("K", "early", 1)
+    # A retried park replaces what the first attempt left, it does not add to it.
+    assert await pool.park_sorted("K", ids, [ct(i) for i in ids], priority=2, batch=9) == 9_000
+    assert await pool.activate_parked("K", priority=2, batch=9, last_id=9_000) == 9_000
+    assert await pool.stock("K") == (9_000, 0, 0)
+    # Loading the same batch again adds nothing: the high-water mark was set.
+    assert (
+        await pool.load_sorted("K", ids[:10], [ct(i) for i in ids[:10]], priority=2, batch=9) == 0
+    )
+    taken, _ = await take_all(pool, "K", 9_000, "parked")
+    assert sorted(taken) == ids
+
+
+async def test_activation_refuses_a_live_bucket_or_a_missing_pool(pool: Pool) -> None:
+    await pool.rebuild("K", [], issued=0)
+    await pool.load_sorted("K", [1, 2], [ct(1), ct(2)], priority=0, batch=1)
+    await pool.park_sorted("K", [1, 2, 3], [ct(1), ct(2), ct(3)], priority=0, batch=1)
+    # The bucket is live already: refused, and the parked copy is dropped (no duplicates).
+    assert await pool.activate_parked("K", priority=0, batch=1, last_id=3) is None
+    assert (
+        await pool.load_sorted("K", [1, 2, 3], [ct(i) for i in (1, 2, 3)], priority=0, batch=1) == 1
+    )
+    assert await pool.stock("K") == (3, 0, 0)
+    # No pool at all (Redis lost it): refused, so the caller rebuilds from PostgreSQL.
+    await pool.park_sorted("GONE", [5], [ct(5)], priority=0, batch=2)
+    assert await pool.activate_parked("GONE", priority=0, batch=2, last_id=5) is None
+    assert not await pool.exists("GONE")
+
+
+async def test_unparked_entries_never_become_available(pool: Pool) -> None:
+    await pool.rebuild("K", [], issued=0)
+    await pool.park_sorted("K", [7, 8], [ct(7), ct(8)], priority=0, batch=3)
+    await pool.unpark("K", priority=0, batch=3)
+    assert await pool.activate_parked("K", priority=0, batch=3, last_id=8) == 0
+    assert await pool.stock("K") == (0, 0, 0)
+
+
 async def test_out_of_stock_holds_nothing_and_others_in_batch_succeed(pool: Pool) -> None:
     await pool.load("S", entries(range(1, 4)))
     results = await asyncio.gather(
