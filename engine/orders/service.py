@@ -32,6 +32,7 @@ from engine import audit
 from engine._core import HoldNotFound, OutOfStock, Pool
 from engine.catalog.service import get_product
 from engine.crypto.keyring import Keyring
+from engine.distribution.commissions import AgentCost, Sale, Split, split_sale
 from engine.errors import DomainError
 from engine.inventory.pools import ensure_present
 from engine.issuance.errors import IssuanceError
@@ -55,6 +56,8 @@ HOLDER_PREFIX = "ord:"
 _HOLD_MARGIN_S = 120
 _SWEEP_BATCH = 500
 _LOOKUP_CODE_TTL_S = 600
+# How far up the agent tree a sale's split reaches (the tree's own depth limit is lower).
+_MAX_TREE_DEPTH = 32
 _LOOKUP_CODE_TRIES = 5
 
 Clock = Callable[[], datetime]
@@ -170,6 +173,11 @@ class OrderService:
                 raise DomainError(IssuanceError.PRODUCT_UNAVAILABLE, f"{new.sku} is not on sale.")
             store_agent, unit_price, agent_cost = await self._price(conn, product.id, new)
             amount = unit_price * new.quantity
+            split = (
+                await self._split(conn, product.id, product.price, store_agent, unit_price, new)
+                if store_agent is not None
+                else None
+            )
             async with conn.transaction():
                 await self._check_caps(conn, digest, client_ip, new, now)
                 await self._reserve(product.sku, holder, new.quantity)
@@ -202,6 +210,8 @@ class OrderService:
                         expires_at,
                         now,
                     )
+                    if split is not None:
+                        await _store_shares(conn, order_no, split)
                     await audit.record(conn, "buyer", "order.created", f"order:{order_no}")
                 except BaseException:
                     await self._release_quietly(product.sku, holder)
@@ -277,6 +287,39 @@ class OrderService:
                 "This store's price is below its cost for this product; it cannot sell it.",
             )
         return int(row["id"]), int(retail), int(cost)
+
+    async def _split(
+        self,
+        conn: Connection,
+        product_id: int,
+        product_price: int,
+        store_agent: int,
+        unit_price: int,
+        new: NewOrder,
+    ) -> Split:
+        """The sale's split up the store agent's tree, at today's level prices; refused
+        (before anyone pays) when a level's price is out of order."""
+        rows = await conn.fetch(
+            "WITH RECURSIVE chain AS ("
+            " SELECT id, parent_id, level_id, 0 AS depth FROM agents WHERE id = $1"
+            " UNION ALL SELECT a.id, a.parent_id, a.level_id, c.depth + 1 FROM agents a"
+            " JOIN chain c ON a.id = c.parent_id WHERE c.depth < $4) "
+            "SELECT c.id, coalesce(lp.price, $3) AS cost FROM chain c "
+            "LEFT JOIN agent_level_prices lp ON lp.level_id = c.level_id "
+            "AND lp.product_id = $2 ORDER BY c.depth",
+            store_agent,
+            product_id,
+            product_price,
+            _MAX_TREE_DEPTH,
+        )
+        return split_sale(
+            Sale(
+                quantity=new.quantity,
+                unit_price=unit_price,
+                chain=tuple(AgentCost(r["id"], r["cost"]) for r in rows),
+                cost_basis=0,
+            )
+        )
 
     async def _check_caps(
         self,
@@ -662,32 +705,39 @@ class OrderService:
     async def _journal_sale(
         self, conn: Connection, order: asyncpg.Record, provider: str, *, reverse: bool
     ) -> None:
-        """The buyer's money into clearing; revenue, and a sub-store agent's margin to its
-        balance. `reverse`: the refund's mirror image."""
+        """The buyer's money into clearing; platform revenue, and for a sub-store the
+        order's split: every agent up the tree credited its margin or differential to its
+        balance at once (秒结). `reverse`: the refund's mirror image."""
         amount = order["amount"]
         if amount == 0:
             return
         acc = await self._accounts(conn, provider, order["currency"])
         lines: list[tuple[int, int]] = [(acc["clearing"], amount)]
-        margin = 0
-        if order["store_agent_id"] is not None:
-            margin = amount - order["agent_unit_cost"] * order["quantity"]
-        if margin > 0:
+        shares = await conn.fetch(
+            "SELECT agent_id, amount FROM order_shares WHERE order_id = $1 AND amount > 0 "
+            "ORDER BY position",
+            order["id"],
+        )
+        credited = 0
+        for share in shares:
+            if share["agent_id"] is None:
+                continue  # the platform's share: the revenue line below
             agent = await ensure_account(
                 conn,
-                agent_account_code(order["store_agent_id"]),
+                agent_account_code(share["agent_id"]),
                 AccountKind.LIABILITY,
                 currency=order["currency"],
-                agent_id=order["store_agent_id"],
+                agent_id=share["agent_id"],
             )
-            lines.append((agent, -margin))
-        if amount - margin > 0:
-            lines.append((acc["revenue"], -(amount - margin)))
+            lines.append((agent, -share["amount"]))
+            credited += share["amount"]
+        if amount - credited > 0:
+            lines.append((acc["revenue"], -(amount - credited)))
         sign = -1 if reverse else 1
         await post(
             conn,
             "order.refund" if reverse else "order.sale",
-            [(account, sign * value) for account, value in lines],
+            [(account, sign * value) for account, value in _merge(lines)],
             reference=order["order_no"],
         )
 
@@ -889,6 +939,31 @@ class OrderService:
                 [(acc["payable"], payment["amount"]), (acc["clearing"], -payment["amount"])],
                 reference=order["order_no"],
             )
+
+
+async def _store_shares(conn: Connection, order_no: str, split: Split) -> None:
+    await conn.execute(
+        "INSERT INTO order_shares (order_id, position, agent_id, kind, amount) "
+        "SELECT o.id, s.position - 1, s.agent, s.kind, s.amount FROM orders o, "
+        "unnest($2::bigint[], $3::text[], $4::bigint[]) WITH ORDINALITY "
+        "AS s(agent, kind, amount, position) WHERE o.order_no = $1",
+        order_no,
+        [_agent_of(share.party) for share in split],
+        [share.kind.value for share in split],
+        [share.amount for share in split],
+    )
+
+
+def _agent_of(party: str) -> int | None:
+    return int(party.removeprefix("agent:")) if party.startswith("agent:") else None
+
+
+def _merge(lines: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """One line per account (an agent can appear once per entry)."""
+    merged: dict[int, int] = {}
+    for account, value in lines:
+        merged[account] = merged.get(account, 0) + value
+    return [(account, value) for account, value in merged.items() if value != 0]
 
 
 class _IntegrityAlarm(DomainError):

@@ -433,11 +433,20 @@ async def test_a_sub_store_sells_at_its_price_and_credits_the_agent(
 ) -> None:
     sku, _ = await _stocked(operator, 2)
     hidden, _ = await _stocked(operator, 1)
+    top = await operator.post(
+        "/v1/agent-levels",
+        json={"name": "省代", "rank": 2, "prices": {sku: 1000}, "visible_skus": [sku]},
+    )
+    parent = await operator.post("/v1/agents", json={"name": "老李", "level_id": top.json()["id"]})
+    parent_id = parent.json()["id"]
     level = await operator.post(
         "/v1/agent-levels",
         json={"name": "市代", "rank": 1, "prices": {sku: 1500}, "visible_skus": [sku]},
     )
-    agent = await operator.post("/v1/agents", json={"name": "小王", "level_id": level.json()["id"]})
+    agent = await operator.post(
+        "/v1/agents",
+        json={"name": "小王", "level_id": level.json()["id"], "parent_id": parent_id},
+    )
     agent_id = agent.json()["id"]
     slug = f"wang-{secrets.token_hex(3)}"
     cheap = await operator.post(
@@ -461,8 +470,18 @@ async def test_a_sub_store_sells_at_its_price_and_credits_the_agent(
     assert order.status_code == 201, order.text
     assert order.json()["amount"] == 5000
     await buyer.post(f"/v1/payments/sandbox/{order.json()['order_no']}/pay")
-    # The agent earns its margin (2 x (2500 - 1500)) on its balance, at once.
+    # At once (秒结): the seller earns its margin, 2 x (2500 - 1500), and its parent the
+    # differential, 2 x (1500 - 1000); the platform keeps 2 x 1000.
     assert (await operator.get(f"/v1/agents/{agent_id}")).json()["balance"] == 2000
+    assert (await operator.get(f"/v1/agents/{parent_id}")).json()["balance"] == 1000
+    assert await _balanced(database_url)
+    # A refund takes the commissions back with the sale.
+    refunded = await operator.post(
+        f"/v1/orders/{order.json()['order_no']}/refund", json={"reason": "test"}
+    )
+    assert refunded.status_code == 200, refunded.text
+    assert (await operator.get(f"/v1/agents/{agent_id}")).json()["balance"] == 0
+    assert (await operator.get(f"/v1/agents/{parent_id}")).json()["balance"] == 0
     assert await _balanced(database_url)
 
     not_sold = await buyer.post(
@@ -516,3 +535,35 @@ async def test_a_buyer_finds_orders_with_a_code_sent_to_the_address(
     # The code works once.
     again = await buyer.post("/v1/orders/lookup", json={"email": contact["email"], "code": code})
     assert again.status_code == 404
+
+
+async def test_a_tree_priced_out_of_order_cannot_sell(
+    app: FastAPI, buyer: httpx.AsyncClient, operator: httpx.AsyncClient
+) -> None:
+    sku, _ = await _stocked(operator, 1)
+    # The parent pays more per key than its child: no differential can be paid from that.
+    top = await operator.post(
+        "/v1/agent-levels",
+        json={"name": "贵", "rank": 2, "prices": {sku: 1800}, "visible_skus": None},
+    )
+    low = await operator.post(
+        "/v1/agent-levels",
+        json={"name": "便宜", "rank": 1, "prices": {sku: 1200}, "visible_skus": None},
+    )
+    parent = await operator.post("/v1/agents", json={"name": "P", "level_id": top.json()["id"]})
+    child = await operator.post(
+        "/v1/agents",
+        json={"name": "C", "level_id": low.json()["id"], "parent_id": parent.json()["id"]},
+    )
+    slug = f"c-{secrets.token_hex(3)}"
+    store = await operator.post(
+        f"/v1/agents/{child.json()['id']}/store", json={"slug": slug, "title": "C", "prices": {}}
+    )
+    assert store.status_code == 201, store.text
+    refused = await buyer.post(
+        "/v1/orders",
+        json={"sku": sku, "quantity": 1, "contact": _email(), "payment_method": "sandbox",
+              "store": slug},
+    )  # fmt: skip
+    assert refused.status_code == 409 and refused.json()["code"] == "price_below_cost"
+    assert await app.state.runtime.pool.stock(sku) == (1, 0, 0)
