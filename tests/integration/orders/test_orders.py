@@ -16,8 +16,10 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
+from api.app import create_app
 from engine.orders.service import OrderService, utcnow
 from engine.payments.sandbox import SandboxProvider
+from engine.settings import Settings
 from tests.integration.api.conftest import unique_sku
 
 PRICE = 1990
@@ -567,3 +569,29 @@ async def test_a_tree_priced_out_of_order_cannot_sell(
     )  # fmt: skip
     assert refused.status_code == 409 and refused.json()["code"] == "price_below_cost"
     assert await app.state.runtime.pool.stock(sku) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("dimension", ["ip", "device"])
+async def test_caps_per_ip_and_device(
+    order_settings: Settings, operator: httpx.AsyncClient, dimension: str
+) -> None:
+    limits = (
+        {"order_max_unpaid_per_ip": 2} if dimension == "ip" else {"order_max_unpaid_per_device": 2}
+    )
+    app = create_app(order_settings.model_copy(update=limits))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=(f"10.8.{secrets.randbelow(250)}.9", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://kami.test") as buyer:
+            sku, _ = await _stocked(operator, 5)
+            body = {
+                "sku": sku,
+                "quantity": 1,
+                "payment_method": "sandbox",
+                "device": f"dev-{secrets.token_hex(4)}",
+            }
+            # Different contacts each time: only the IP or the device ties them together.
+            codes = [
+                (await buyer.post("/v1/orders", json={**body, "contact": _email()})).status_code
+                for _ in range(3)
+            ]
+            assert codes == [201, 201, 429]
