@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     # Outermost last: request ids and metrics see the 413s too.
+    app.add_middleware(issuance.IssuanceFastPath)
     app.add_middleware(
         BodyLimitMiddleware, json_limit=JSON_BODY_LIMIT, upload_limit=UPLOAD_BODY_LIMIT
     )

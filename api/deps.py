@@ -31,10 +31,31 @@ async def get_principal(
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise DomainError(CommonError.UNAUTHENTICATED, "Send Authorization: Bearer <token>.")
+    return await authenticate(request, runtime, credentials.credentials)
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of `Authorization: Bearer <token>`, read as `HTTPBearer` reads it."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+async def get_agent_direct(request: Request) -> AgentKey:
+    """`AgentDep` without FastAPI's dependency resolution, for the issuance fast path."""
+    token = bearer_token(request)
+    if token is None:
+        raise DomainError(CommonError.UNAUTHENTICATED, "Send Authorization: Bearer <token>.")
+    principal = await authenticate(request, request.app.state.runtime, token)
+    return await get_agent(principal)
+
+
+async def authenticate(request: Request, runtime: Runtime, token: str) -> Principal:
     cache: PrincipalCache = request.app.state.principals
     keyring = getattr(request.app.state, "keyring", None)
     principal = await cache.authenticate(
-        runtime.db, credentials.credentials, keyring.cipher if keyring is not None else None
+        runtime.db, token, keyring.cipher if keyring is not None else None
     )
     if principal is None:
         raise DomainError(CommonError.UNAUTHENTICATED, "The token is not valid.")

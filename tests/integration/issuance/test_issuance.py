@@ -276,3 +276,33 @@ async def test_a_deposit_is_spendable_at_once(
         f"/v1/agents/{broke.agent_id}/deposits", json={"amount": 5000}, headers=broke.operator
     )
     assert (await broke.issue(1)).status_code == 201
+
+
+async def test_the_fast_path_answers_like_the_routed_endpoint(shop: Shop) -> None:
+    # POST /v1/issuances skips FastAPI's routing (api.routers.issuance.IssuanceFastPath):
+    # auth failures, metrics and problem documents must not notice.
+    client = shop.client
+    body = {"sku": shop.sku, "quantity": 1}
+    missing = await client.post("/v1/issuances", json=body, headers={"Idempotency-Key": "fp-1"})
+    basic = await client.post(
+        "/v1/issuances",
+        json=body,
+        headers={"Idempotency-Key": "fp-2", "Authorization": "Basic abc"},
+    )
+    wrong = await client.post(
+        "/v1/issuances",
+        json=body,
+        headers={"Idempotency-Key": "fp-3", "Authorization": "Bearer kami_live_nope"},
+    )
+    for response in (missing, basic, wrong):
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "unauthenticated"
+        assert response.headers["x-request-id"]
+    ok = await shop.issue(1)
+    assert ok.status_code == 201
+    # The other methods on the path still go through the router.
+    assert (await client.get("/v1/issuances", headers=shop.agent())).status_code == 405
+    metrics = (await client.get("/metrics")).text
+    assert 'kami_http_requests_total{method="POST",route="/v1/issuances",status="201"}' in metrics
+    assert 'kami_http_requests_total{method="POST",route="/v1/issuances",status="401"}' in metrics
