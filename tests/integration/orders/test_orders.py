@@ -21,6 +21,7 @@ from engine.orders.service import OrderService, utcnow
 from engine.payments.sandbox import SandboxProvider
 from engine.settings import Settings
 from tests.integration.api.conftest import unique_sku
+from tests.integration.orders.conftest import random_ip
 
 PRICE = 1990
 
@@ -580,7 +581,7 @@ async def test_caps_per_ip_and_device(
     )
     app = create_app(order_settings.model_copy(update=limits))
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=(f"10.8.{secrets.randbelow(250)}.9", 1))
+        transport = httpx.ASGITransport(app=app, client=(random_ip(), 1))
         async with httpx.AsyncClient(transport=transport, base_url="http://kami.test") as buyer:
             sku, _ = await _stocked(operator, 5)
             body = {
