@@ -280,12 +280,7 @@ class OrderService:
             )
         cost = row["cost"] if row["cost"] is not None else product_price
         retail = row["retail"] if row["retail"] is not None else product_price
-        if retail < cost:
-            # Checked when prices are set, and again here: a level price may have moved.
-            raise DomainError(
-                OrderError.PRICE_BELOW_COST,
-                "This store's price is below its cost for this product; it cannot sell it.",
-            )
+        # Retail below cost is refused by the sale's split (`_split`), with every level.
         return int(row["id"]), int(retail), int(cost)
 
     async def _split(
