@@ -1,26 +1,27 @@
 """Group commit: every in-flight issuance of this worker is recorded in one transaction.
 
 While one flush is committing, new issuances queue; the next flush takes all of them (no
-timer: batches grow with load, a lone request is committed at once). One transaction per
-flush, with `synchronous_commit` on, so a key is visible to its buyer only once durable.
-
-Inside the transaction, in this order:
-1. agent accounts are locked in id order and each issuance's debit is checked against the
-   agent's balance and credit limit; one that does not fit is rejected (its keys go back);
+timer: batches grow with load, a lone request is committed at once). A flush is one call
+of the SQL function `kami_record_issuances` (migration 0014), one round trip that is its
+own transaction, with `synchronous_commit` on, so a key is visible to its buyer only once
+durable. Inside it, in this order:
+1. the accounts touched are locked in id order and each issuance's debit is checked
+   against the account's balance and credit limit; one that does not fit is rejected
+   (its keys go back);
 2. issuances are inserted; one whose (agent, Idempotency-Key) already exists is a retry of
    a committed request and is answered from that record;
 3. the card keys are marked issued with a state guard — `state = 'available'` — and the
    updated row count must match: a key that is not available is an integrity alarm, the
-   issuance it belongs to is dropped, nothing of it is delivered, and the flush is retried
-   without it;
-4. issuance keys, journal entries (agent debit, revenue credit) and account balances.
+   statement fails (nothing of the flush is kept), the issuance it belongs to is dropped,
+   nothing of it is delivered, and the flush is retried without it;
+4. issuance keys, journal entries (buyer debit, commission shares, revenue credit) and
+   account balances.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -61,6 +62,14 @@ class PendingIssuance:
     reference: str | None
     holder: str
     entry_ids: list[int]
+    # The account the amount is debited from; empty: the agent's prepaid balance.
+    debit_account: str = ""
+    # Commission shares (account id, amount) credited out of the amount; the rest is revenue.
+    shares: list[tuple[int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.debit_account:
+            self.debit_account = agent_account_code(self.agent_id)
 
     @property
     def quantity(self) -> int:
@@ -115,28 +124,52 @@ class GroupCommitRecorder:
             await asyncio.gather(self._runner, return_exceptions=True)
 
     async def _run(self) -> None:
+        # The outer loop: requests that arrived while the connection was being released.
         while self._queue:
-            batch = self._queue[: self._max_flush]
-            del self._queue[: self._max_flush]
-            started = asyncio.get_running_loop().time()
-            try:
-                results = await self._flush([slot.item for slot in batch])
-            except Exception as exc:
-                for slot in batch:
-                    if not slot.future.done():
-                        slot.future.set_exception(exc)
-                continue
-            FLUSH_SIZE.observe(len(batch))
-            FLUSH_LATENCY.observe(asyncio.get_running_loop().time() - started)
-            for slot, result in zip(batch, results, strict=True):
-                if not slot.future.done():
-                    slot.future.set_result(result)
+            await self._drain()
 
-    async def _flush(self, items: list[PendingIssuance]) -> list[Recorded]:
+    async def _drain(self) -> None:
+        # One connection for the whole busy period: every release to the pool costs a
+        # reset round trip, which under load would be paid once per flush.
+        conn: Any = None
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_flush]
+                del self._queue[: self._max_flush]
+                started = asyncio.get_running_loop().time()
+                try:
+                    if conn is None:
+                        conn = await self._db.acquire()
+                    results = await self._flush(conn, [slot.item for slot in batch])
+                except Exception as exc:
+                    for slot in batch:
+                        if not slot.future.done():
+                            slot.future.set_exception(exc)
+                    if conn is not None and not isinstance(exc, asyncpg.PostgresError):
+                        # Possibly broken: the pool checks it and replaces it if need be.
+                        await self._release(conn)
+                        conn = None
+                    continue
+                FLUSH_SIZE.observe(len(batch))
+                FLUSH_LATENCY.observe(asyncio.get_running_loop().time() - started)
+                for slot, result in zip(batch, results, strict=True):
+                    if not slot.future.done():
+                        slot.future.set_result(result)
+        finally:
+            if conn is not None:
+                await self._release(conn)
+
+    async def _release(self, conn: Any) -> None:
+        try:
+            await self._db.release(conn)
+        except Exception as exc:  # a dead connection: the pool has dropped it already
+            log.warning("recorder_release_failed", error=type(exc).__name__)
+
+    async def _flush(self, conn: Any, items: list[PendingIssuance]) -> list[Recorded]:
         alarmed: dict[int, frozenset[int]] = {}
         while True:
             try:
-                return await self._flush_once(items, alarmed)
+                return await self._flush_once(conn, items, alarmed)
             except _GuardMismatch as mismatch:
                 # Retry without the issuances whose keys were not available; they deliver
                 # nothing. The loop ends: each pass removes at least one issuance.
@@ -161,187 +194,85 @@ class GroupCommitRecorder:
             self._revenue_accounts[currency] = account
         return account
 
-    async def _flush_once(  # noqa: PLR0915 - one transaction, read top to bottom
-        self, items: list[PendingIssuance], alarmed: dict[int, frozenset[int]]
+    async def _flush_once(
+        self, conn: Any, items: list[PendingIssuance], alarmed: dict[int, frozenset[int]]
     ) -> list[Recorded]:
         results: list[Recorded | None] = [
             Recorded(Outcome.INTEGRITY_ALARM, unavailable=alarmed[i]) if i in alarmed else None
             for i in range(len(items))
         ]
         live = [i for i in range(len(items)) if i not in alarmed]
-        async with self._db.acquire() as conn, conn.transaction():
-            revenue = {
-                c: await self._revenue_account(conn, c) for c in {items[i].currency for i in live}
-            }
-            # 1. Balances, locked in account-id order so concurrent flushes cannot deadlock.
-            agent_ids = sorted({items[i].agent_id for i in live})
+        if not live:
+            return [r if r is not None else Recorded(Outcome.REPLAY) for r in results]
+        batch = [items[i] for i in live]
+        revenue = {c: await self._revenue_account(conn, c) for c in {i.currency for i in batch}}
+        public_ids = [new_public_id() for _ in batch]
+        key_item = [n for n, item in enumerate(batch, 1) for _ in item.entry_ids]
+        key_ids = [entry for item in batch for entry in item.entry_ids]
+        share_item = [n for n, item in enumerate(batch, 1) for _ in item.shares]
+        try:
+            # Outside a transaction block: the one statement is its own transaction,
+            # committed (and flushed to disk) before the rows come back.
             rows = await conn.fetch(
-                "SELECT acc.id, acc.agent_id, acc.balance, a.credit_limit FROM accounts acc "
-                "JOIN agents a ON a.id = acc.agent_id WHERE acc.code = ANY($1::text[]) "
-                "ORDER BY acc.id FOR UPDATE OF acc",
-                [agent_account_code(a) for a in agent_ids],
-            )
-            account_of = {r["agent_id"]: r["id"] for r in rows}
-            balance = {r["agent_id"]: r["balance"] for r in rows}
-            limit = {r["agent_id"]: r["credit_limit"] for r in rows}
-            accepted: list[int] = []
-            for i in live:
-                item = items[i]
-                agent = item.agent_id
-                if agent not in account_of:
-                    results[i] = Recorded(Outcome.INSUFFICIENT_BALANCE, balance_after=0)
-                    continue
-                # Debit-positive: the agent's funds are -balance; never past the credit limit.
-                if balance[agent] + item.amount > limit[agent]:
-                    results[i] = Recorded(
-                        Outcome.INSUFFICIENT_BALANCE, balance_after=-balance[agent]
-                    )
-                    continue
-                balance[agent] += item.amount
-                accepted.append(i)
-
-            # 2. Issuances; a conflict on (agent, Idempotency-Key) is a committed retry.
-            public_ids = {i: new_public_id() for i in accepted}
-            inserted = await conn.fetch(
-                "INSERT INTO issuances (public_id, agent_id, api_key_id, idempotency_key, "
-                "request_hash, product_id, sku, quantity, unit_price, amount, currency, reference, "
-                "holder) "
-                "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], "
-                "$5::bytea[], $6::bigint[], $7::text[], $8::int[], $9::bigint[], $10::bigint[], "
-                "$11::text[], $12::text[], $13::text[]) "
-                "ON CONFLICT DO NOTHING "
-                "RETURNING id, public_id, created_at",
-                [public_ids[i] for i in accepted],
-                [items[i].agent_id for i in accepted],
-                [items[i].api_key_id for i in accepted],
-                [items[i].idempotency_key for i in accepted],
-                [items[i].request_hash for i in accepted],
-                [items[i].product_id for i in accepted],
-                [items[i].sku for i in accepted],
-                [items[i].quantity for i in accepted],
-                [items[i].unit_price for i in accepted],
-                [items[i].amount for i in accepted],
-                [items[i].currency for i in accepted],
-                [items[i].reference for i in accepted],
-                [items[i].holder for i in accepted],
-            )
-            by_public = {r["public_id"]: r for r in inserted}
-            committed: list[int] = []
-            for i in accepted:
-                row = by_public.get(public_ids[i])
-                if row is None:
-                    results[i] = Recorded(Outcome.REPLAY)
-                    balance[items[i].agent_id] -= items[i].amount
-                else:
-                    committed.append(i)
-            if not committed:
-                return [r if r is not None else Recorded(Outcome.REPLAY) for r in results]
-
-            # 3. The guard: every key must still be available, and of the right product.
-            key_ids: list[int] = []
-            key_issuance: list[int] = []
-            key_product: list[int] = []
-            owner_of: dict[int, int] = {}
-            for i in committed:
-                issuance_id = by_public[public_ids[i]]["id"]
-                for entry in items[i].entry_ids:
-                    key_ids.append(entry)
-                    key_issuance.append(issuance_id)
-                    key_product.append(items[i].product_id)
-                    owner_of[entry] = i
-            updated = await conn.fetch(
-                "UPDATE card_keys c SET state = 'issued', issued_to = u.iss, issued_at = now() "
-                "FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, iss, product) "
-                "WHERE c.id = u.id AND c.product_id = u.product AND c.state = 'available' "
-                "RETURNING c.id, c.batch_id",
+                _RECORD_ISSUANCES,
+                public_ids,
+                [i.agent_id for i in batch],
+                [i.api_key_id for i in batch],
+                [i.idempotency_key for i in batch],
+                [i.request_hash for i in batch],
+                [i.product_id for i in batch],
+                [i.sku for i in batch],
+                [i.quantity for i in batch],
+                [i.unit_price for i in batch],
+                [i.amount for i in batch],
+                [i.currency for i in batch],
+                [i.reference for i in batch],
+                [i.holder for i in batch],
+                [i.debit_account for i in batch],
+                [revenue[i.currency] for i in batch],
+                key_item,
                 key_ids,
-                key_issuance,
-                key_product,
+                share_item,
+                [account for item in batch for account, _ in item.shares],
+                [amount for item in batch for _, amount in item.shares],
             )
-            if len(updated) != len(set(key_ids)) or len(key_ids) != len(set(key_ids)):
-                missing = set(key_ids) - {r["id"] for r in updated}
-                duplicated = {k for k in key_ids if key_ids.count(k) > 1}
-                bad = missing | duplicated
-                raise _GuardMismatch({owner_of[k] for k in bad}, bad)
-
-            # 4. Keys of each issuance, journal entries and balances.
-            positions: list[int] = []
-            for i in committed:
-                positions.extend(range(len(items[i].entry_ids)))
-            await conn.execute(
-                "INSERT INTO issuance_keys (issuance_id, position, card_key_id) "
-                "SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::bigint[])",
-                key_issuance,
-                positions,
-                key_ids,
-            )
-            await self._journal(conn, items, committed, public_ids, account_of, revenue)
-
-            batch_ids = {r["id"]: r["batch_id"] for r in updated}
-            expiry_rows = await conn.fetch(
-                "SELECT id, expires_at FROM batches WHERE id = ANY($1::bigint[])",
-                list(set(batch_ids.values())),
-            )
-            batch_expiry = {r["id"]: r["expires_at"] for r in expiry_rows}
-        for i in committed:
-            row = by_public[public_ids[i]]
-            results[i] = Recorded(
-                Outcome.COMMITTED,
-                issuance_id=row["id"],
-                public_id=row["public_id"],
-                created_at=row["created_at"],
-                expires_at={e: batch_expiry.get(batch_ids[e]) for e in items[i].entry_ids},
-                balance_after=-balance[items[i].agent_id],
-                spendable_after=limit[items[i].agent_id] - balance[items[i].agent_id],
-            )
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != GUARD_SQLSTATE:
+                raise
+            bad = {int(k) for k in (getattr(exc, "detail", None) or "").split(",") if k}
+            positions = {live[n - 1] for n, k in zip(key_item, key_ids, strict=True) if k in bad}
+            raise _GuardMismatch(positions, bad) from None
+        for row in rows:
+            n = row["item"] - 1
+            item = batch[n]
+            outcome = Outcome(row["outcome"])
+            if outcome is Outcome.COMMITTED:
+                results[live[n]] = Recorded(
+                    Outcome.COMMITTED,
+                    issuance_id=row["issuance_id"],
+                    public_id=public_ids[n],
+                    created_at=row["created_at"],
+                    expires_at=dict(zip(item.entry_ids, row["expires"], strict=True)),
+                    balance_after=row["funds"],
+                    spendable_after=row["spendable"],
+                )
+            else:
+                results[live[n]] = Recorded(
+                    outcome,
+                    balance_after=row["funds"] if row["funds"] is not None else 0,
+                    spendable_after=row["spendable"],
+                )
         return [r if r is not None else Recorded(Outcome.REPLAY) for r in results]
 
-    @staticmethod
-    async def _journal(
-        conn: Any,
-        items: list[PendingIssuance],
-        committed: list[int],
-        public_ids: dict[int, str],
-        account_of: dict[int, int],
-        revenue: dict[str, int],
-    ) -> None:
-        paid = [i for i in committed if items[i].amount > 0]
-        if not paid:
-            return
-        entries = await conn.fetch(
-            "INSERT INTO journal_entries (kind, reference) "
-            "SELECT 'issuance', r FROM unnest($1::text[]) AS r RETURNING id, reference",
-            [public_ids[i] for i in paid],
-        )
-        entry_of = {r["reference"]: r["id"] for r in entries}
-        line_entry: list[int] = []
-        line_account: list[int] = []
-        line_amount: list[int] = []
-        delta: dict[int, int] = defaultdict(int)
-        for i in paid:
-            entry = entry_of[public_ids[i]]
-            debit_account = account_of[items[i].agent_id]
-            credit_account = revenue[items[i].currency]
-            amount = items[i].amount
-            line_entry += [entry, entry]
-            line_account += [debit_account, credit_account]
-            line_amount += [amount, -amount]
-            delta[debit_account] += amount
-            delta[credit_account] -= amount
-        await conn.execute(
-            "INSERT INTO journal_lines (entry_id, account_id, amount) "
-            "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])",
-            line_entry,
-            line_account,
-            line_amount,
-        )
-        ordered = sorted(delta.items())
-        await conn.execute(
-            "UPDATE accounts a SET balance = a.balance + d.delta "
-            "FROM unnest($1::bigint[], $2::bigint[]) AS d(id, delta) WHERE a.id = d.id",
-            [account for account, _ in ordered],
-            [amount for _, amount in ordered],
-        )
+
+_RECORD_ISSUANCES = (
+    "SELECT * FROM kami_record_issuances($1::text[], $2::bigint[], $3::bigint[], $4::text[], "
+    "$5::bytea[], $6::bigint[], $7::text[], $8::int[], $9::bigint[], $10::bigint[], "
+    "$11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], $16::int[], "
+    "$17::bigint[], $18::int[], $19::bigint[], $20::bigint[])"
+)
+# Raised by kami_record_issuances when a key is no longer available (migration 0014).
+GUARD_SQLSTATE = "KM001"
 
 
 class _GuardMismatch(Exception):
