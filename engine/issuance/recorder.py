@@ -13,7 +13,14 @@ Inside the transaction, in this order:
    updated row count must match: a key that is not available is an integrity alarm, the
    issuance it belongs to is dropped, nothing of it is delivered, and the flush is retried
    without it;
-4. issuance keys, journal entries (agent debit, revenue credit) and account balances.
+4. issuance keys, journal entries and account balances: one entry per paid issuance —
+   the agent's debit, each ancestor's differential (级差) credited to its balance or, when
+   its level holds commissions, to its held account, and the rest to platform revenue —
+   with a `commissions` row per ancestor paid.
+
+The ancestors' shares arrive computed (`PendingIssuance.commissions`, from
+engine.distribution.ancestry); their accounts are locked with the buyers', in one
+id-ordered statement, so flushes in different workers cannot deadlock on them.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ from typing import Any
 import asyncpg
 import structlog
 
+from engine.distribution.ancestry import CommissionShare
 from engine.ledger.service import (
     AccountKind,
     agent_account_code,
     ensure_account,
+    held_account_code,
 )
 from engine.metrics import FLUSH_LATENCY, FLUSH_SIZE, INTEGRITY_ALARMS
 
@@ -61,6 +70,8 @@ class PendingIssuance:
     reference: str | None
     holder: str
     entry_ids: list[int]
+    # What the agent's ancestors earn on this issuance; empty for a top-level agent.
+    commissions: tuple[CommissionShare, ...] = ()
 
     @property
     def quantity(self) -> int:
@@ -102,6 +113,9 @@ class GroupCommitRecorder:
         self._queue: list[_Slot] = []
         self._runner: asyncio.Task[None] | None = None
         self._revenue_accounts: dict[str, int] = {}
+        # Commission accounts (`agent:N:balance` / `agent:N:held`) by code. Created outside
+        # the flush's transaction, so an id cached here never belongs to a rolled-back row.
+        self._commission_accounts: dict[str, int] = {}
 
     async def record(self, item: PendingIssuance) -> Recorded:
         future: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
@@ -161,6 +175,27 @@ class GroupCommitRecorder:
             self._revenue_accounts[currency] = account
         return account
 
+    async def _accounts_for_commissions(
+        self, items: list[PendingIssuance], live: list[int]
+    ) -> dict[str, int]:
+        wanted = {
+            _commission_code(share): (share.agent_id, items[i].currency)
+            for i in live
+            for share in items[i].commissions
+        }
+        if not wanted:
+            return {}
+        codes = wanted.keys()
+        missing = codes - self._commission_accounts.keys()
+        if missing:
+            async with self._db.acquire() as conn:
+                for code in sorted(missing):
+                    agent_id, currency = wanted[code]
+                    self._commission_accounts[code] = await ensure_account(
+                        conn, code, AccountKind.LIABILITY, currency=currency, agent_id=agent_id
+                    )
+        return {code: self._commission_accounts[code] for code in codes}
+
     async def _flush_once(  # noqa: PLR0915 - one transaction, read top to bottom
         self, items: list[PendingIssuance], alarmed: dict[int, frozenset[int]]
     ) -> list[Recorded]:
@@ -169,18 +204,33 @@ class GroupCommitRecorder:
             for i in range(len(items))
         ]
         live = [i for i in range(len(items)) if i not in alarmed]
+        commission_accounts = await self._accounts_for_commissions(items, live)
         async with self._db.acquire() as conn, conn.transaction():
             revenue = {
                 c: await self._revenue_account(conn, c) for c in {items[i].currency for i in live}
             }
             # 1. Balances, locked in account-id order so concurrent flushes cannot deadlock.
             agent_ids = sorted({items[i].agent_id for i in live})
-            rows = await conn.fetch(
-                "SELECT acc.id, acc.agent_id, acc.balance, a.credit_limit FROM accounts acc "
-                "JOIN agents a ON a.id = acc.agent_id WHERE acc.code = ANY($1::text[]) "
-                "ORDER BY acc.id FOR UPDATE OF acc",
-                [agent_account_code(a) for a in agent_ids],
-            )
+            buyer_codes = [agent_account_code(a) for a in agent_ids]
+            if commission_accounts:
+                # The ancestors' accounts too, in the same id order as the buyers'.
+                rows = await conn.fetch(
+                    "SELECT acc.id, acc.agent_id, acc.code, acc.balance, a.credit_limit "
+                    "FROM accounts acc JOIN agents a ON a.id = acc.agent_id "
+                    "WHERE acc.code = ANY($1::text[]) OR acc.id = ANY($2::bigint[]) "
+                    "ORDER BY acc.id FOR UPDATE OF acc",
+                    buyer_codes,
+                    list(commission_accounts.values()),
+                )
+                wanted = set(buyer_codes)
+                rows = [r for r in rows if r["code"] in wanted]
+            else:
+                rows = await conn.fetch(
+                    "SELECT acc.id, acc.agent_id, acc.balance, a.credit_limit FROM accounts acc "
+                    "JOIN agents a ON a.id = acc.agent_id WHERE acc.code = ANY($1::text[]) "
+                    "ORDER BY acc.id FOR UPDATE OF acc",
+                    buyer_codes,
+                )
             account_of = {r["agent_id"]: r["id"] for r in rows}
             balance = {r["agent_id"]: r["balance"] for r in rows}
             limit = {r["agent_id"]: r["credit_limit"] for r in rows}
@@ -275,7 +325,16 @@ class GroupCommitRecorder:
                 positions,
                 key_ids,
             )
-            await self._journal(conn, items, committed, public_ids, account_of, revenue)
+            await self._journal(
+                conn, items, committed, public_ids, account_of, revenue, commission_accounts
+            )
+            # A buyer that is also an ancestor in this flush reports the balance its
+            # commissions left, not only its debits (it is never counted to pass the check:
+            # the order of a batch must not decide who may spend).
+            for i in committed:
+                for share in items[i].commissions:
+                    if share.hold_days == 0 and share.agent_id in balance:
+                        balance[share.agent_id] -= share.amount
 
             batch_ids = {r["id"]: r["batch_id"] for r in updated}
             expiry_rows = await conn.fetch(
@@ -304,6 +363,7 @@ class GroupCommitRecorder:
         public_ids: dict[int, str],
         account_of: dict[int, int],
         revenue: dict[str, int],
+        commission_accounts: dict[str, int],
     ) -> None:
         paid = [i for i in committed if items[i].amount > 0]
         if not paid:
@@ -318,16 +378,40 @@ class GroupCommitRecorder:
         line_account: list[int] = []
         line_amount: list[int] = []
         delta: dict[int, int] = defaultdict(int)
+        commission_rows: list[tuple[int, str, str, int, str, int, int | None]] = []
         for i in paid:
             entry = entry_of[public_ids[i]]
             debit_account = account_of[items[i].agent_id]
             credit_account = revenue[items[i].currency]
             amount = items[i].amount
-            line_entry += [entry, entry]
-            line_account += [debit_account, credit_account]
-            line_amount += [amount, -amount]
+            line_entry.append(entry)
+            line_account.append(debit_account)
+            line_amount.append(amount)
             delta[debit_account] += amount
-            delta[credit_account] -= amount
+            platform = amount
+            for share in items[i].commissions:
+                account = commission_accounts[_commission_code(share)]
+                line_entry.append(entry)
+                line_account.append(account)
+                line_amount.append(-share.amount)
+                delta[account] -= share.amount
+                platform -= share.amount
+                commission_rows.append(
+                    (
+                        share.agent_id,
+                        public_ids[i],
+                        share.kind.value,
+                        share.amount,
+                        items[i].currency,
+                        entry,
+                        share.hold_days or None,
+                    )
+                )
+            if platform:
+                line_entry.append(entry)
+                line_account.append(credit_account)
+                line_amount.append(-platform)
+                delta[credit_account] -= platform
         await conn.execute(
             "INSERT INTO journal_lines (entry_id, account_id, amount) "
             "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])",
@@ -342,6 +426,23 @@ class GroupCommitRecorder:
             [account for account, _ in ordered],
             [amount for _, amount in ordered],
         )
+        if commission_rows:
+            await conn.execute(
+                "INSERT INTO commissions (agent_id, source, reference, kind, amount, currency, "
+                "entry_id, release_at) "
+                "SELECT c.agent, 'issuance', c.ref, c.kind, c.amount, c.currency, c.entry, "
+                "CASE WHEN c.days IS NULL THEN NULL "
+                "ELSE now() + make_interval(days => c.days) END "
+                "FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], "
+                "$6::bigint[], $7::int[]) AS c(agent, ref, kind, amount, currency, entry, days)",
+                *(list(column) for column in zip(*commission_rows, strict=True)),
+            )
+
+
+def _commission_code(share: CommissionShare) -> str:
+    if share.hold_days:
+        return held_account_code(share.agent_id)
+    return agent_account_code(share.agent_id)
 
 
 class _GuardMismatch(Exception):

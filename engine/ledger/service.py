@@ -46,8 +46,32 @@ def agent_account_code(agent_id: int) -> str:
     return f"agent:{agent_id}:balance"
 
 
+def held_account_code(agent_id: int) -> str:
+    """Commissions earned but held T+N days: owed to the agent, not yet spendable."""
+    return f"agent:{agent_id}:held"
+
+
+def withdrawing_account_code(agent_id: int) -> str:
+    """Funds an agent asked to be paid out, reserved until an operator decides."""
+    return f"agent:{agent_id}:withdrawing"
+
+
 def bank_account_code(currency: str) -> str:
     return f"platform:bank:{currency}"
+
+
+def revenue_account_code(currency: str) -> str:
+    return f"platform:revenue:{currency}"
+
+
+def clearing_account_code(provider: str, currency: str) -> str:
+    """Money a payment provider collected for us and has not yet settled to the bank."""
+    return f"platform:clearing:{provider}:{currency}"
+
+
+def supplier_payable_code(currency: str) -> str:
+    """What the platform owes its key suppliers (batch unit costs)."""
+    return f"platform:supplier_payable:{currency}"
 
 
 async def ensure_account(
