@@ -70,9 +70,7 @@ async def load_ancestors(db: Executor, agent_id: int) -> tuple[Ancestor, ...]:
         agent_id,
         MAX_DEPTH,
     )
-    return tuple(
-        Ancestor(r["id"], r["level_id"], r["commission_hold_days"]) for r in rows
-    )
+    return tuple(Ancestor(r["id"], r["level_id"], r["commission_hold_days"]) for r in rows)
 
 
 class AncestryCache:
@@ -101,7 +99,10 @@ class AncestryCache:
         if cached is None or cached[0] <= now:
             if len(self._costs) >= _MAX_ENTRIES:
                 self._costs.clear()
-            cached = (now + self._cost_ttl_s, await level_unit_cost(db, level_id, product_id, quantity))
+            cached = (
+                now + self._cost_ttl_s,
+                await level_unit_cost(db, level_id, product_id, quantity),
+            )
             self._costs[key] = cached
         return cached[1]
 

@@ -196,7 +196,7 @@ class GroupCommitRecorder:
                     )
         return {code: self._commission_accounts[code] for code in codes}
 
-    async def _flush_once(  # noqa: PLR0915 - one transaction, read top to bottom
+    async def _flush_once(  # noqa: PLR0912, PLR0915 - one transaction, read top to bottom
         self, items: list[PendingIssuance], alarmed: dict[int, frozenset[int]]
     ) -> list[Recorded]:
         results: list[Recorded | None] = [

@@ -18,8 +18,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import structlog
 
+from engine.distribution.service import DistributionError
+from engine.errors import DomainError
 from engine.ledger.service import (
     AccountKind,
+    LedgerError,
     agent_account_code,
     ensure_account,
     held_account_code,
@@ -31,6 +34,7 @@ log = structlog.get_logger(__name__)
 
 RELEASE_BATCH = 500
 RELEASE_INTERVAL_S = 60.0
+MAX_HOLD_DAYS = 365  # the schema's bound too
 
 
 @dataclass(frozen=True)
@@ -238,3 +242,18 @@ async def earnings(conn: Executor, agent_id: int) -> Earnings:
     )
     assert row is not None
     return Earnings(held=int(row["held"]), commission_total=int(row["commission_total"]))
+
+
+async def set_hold_days(conn: Connection, level_id: int, days: int) -> int:
+    """Hold the level's commissions `days` days from now on (0: credit them at once).
+    Commissions already earned keep the release time they were given."""
+    if type(days) is not int or not 0 <= days <= MAX_HOLD_DAYS:
+        raise DomainError(LedgerError.INVALID_AMOUNT, f"A hold is 0 to {MAX_HOLD_DAYS} days.")
+    updated: int | None = await conn.fetchval(
+        "UPDATE agent_levels SET commission_hold_days = $2 WHERE id = $1 RETURNING id",
+        level_id,
+        days,
+    )
+    if updated is None:
+        raise DomainError(DistributionError.LEVEL_NOT_FOUND, f"No agent level {level_id}.")
+    return days
