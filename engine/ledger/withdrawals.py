@@ -164,7 +164,7 @@ async def decide(
         raise DomainError(
             WithdrawalError.INVALID_WITHDRAWAL_STATE,
             f"Withdrawal {withdrawal_id} is {row['status']}; it cannot be {decision.value}.",
-            status=row["status"],
+            withdrawal_status=row["status"],
         )
     agent_id, amount, currency = row["agent_id"], row["amount"], row["currency"]
     balance, withdrawing = await _agent_accounts(conn, agent_id, currency)
