@@ -154,6 +154,29 @@ async def deposit(
     return entry, balance
 
 
+def purchases_account_code(currency: str) -> str:
+    """What stock cost the platform, expensed when it is received (periodic inventory)."""
+    return f"platform:purchases:{currency}"
+
+
+async def receive_stock(
+    conn: Connection, amount: int, *, currency: str, reference: str
+) -> int | None:
+    """A batch bought from a supplier at a unit cost: its cost owed to the supplier
+    (`supplier_payable`), expensed as purchases. Returns the entry id; None for free stock."""
+    if amount <= 0:
+        return None
+    purchases = await ensure_account(
+        conn, purchases_account_code(currency), AccountKind.EXPENSE, currency=currency
+    )
+    payable = await ensure_account(
+        conn, supplier_payable_code(currency), AccountKind.LIABILITY, currency=currency
+    )
+    return await post(
+        conn, "batch.received", [(purchases, amount), (payable, -amount)], reference=reference
+    )
+
+
 async def trial_balance(conn: Connection) -> TrialBalance:
     row = await conn.fetchrow(
         "SELECT coalesce(sum(amount) FILTER (WHERE amount > 0), 0) AS debits, "

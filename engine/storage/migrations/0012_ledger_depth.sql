@@ -25,8 +25,9 @@ CREATE TABLE commissions (
     reversed_at        timestamptz,
     reversal_entry_id  bigint REFERENCES journal_entries (id),
     created_at         timestamptz NOT NULL DEFAULT now(),
-    CHECK (released_at IS NULL OR release_at IS NOT NULL),
-    CHECK (released_at IS NULL OR reversed_at IS NULL)
+    -- Released once at most, and only what was held; a released commission can still be
+    -- reversed by a later refund (from the balance it went to).
+    CHECK (released_at IS NULL OR release_at IS NOT NULL)
 );
 CREATE INDEX commissions_agent ON commissions (agent_id, id);
 CREATE INDEX commissions_reference ON commissions (source, reference);

@@ -498,3 +498,32 @@ async def test_my_views(http: httpx.AsyncClient) -> None:
     # Operator tokens are not agents.
     assert (await http.get("/v1/me")).status_code == 403
     assert (await http.get("/v1/me", headers={"Authorization": "Bearer nope"})).status_code == 401
+
+
+async def test_a_batch_with_a_unit_cost_is_owed_to_its_supplier(
+    http: httpx.AsyncClient, database_url: str
+) -> None:
+    sku = unique_sku("SUP")
+    await http.post("/v1/products", json={"sku": sku, "name": "卡", "type": "card", "price": 99})
+    codes = [f"{sku}-{i}" for i in range(4)]
+    batch = await http.post(
+        f"/v1/products/{sku}/batches", json={"codes": [*codes, codes[0]], "unit_cost": 30}
+    )
+    assert batch.status_code == 201 and batch.json()["accepted"] == 4
+    free = await http.post(f"/v1/products/{sku}/batches", json={"codes": [f"{sku}-free"]})
+    conn = await asyncpg.connect(database_url)
+    try:
+        lines = await conn.fetch(
+            "SELECT a.code, l.amount FROM journal_entries e JOIN journal_lines l "
+            "ON l.entry_id = e.id JOIN accounts a ON a.id = l.account_id "
+            "WHERE e.kind = 'batch.received' AND e.reference = ANY($1::text[]) ORDER BY a.code",
+            [f"batch:{batch.json()['batch_id']}", f"batch:{free.json()['batch_id']}"],
+        )
+    finally:
+        await conn.close()
+    # The duplicate is not paid for, and a free batch posts nothing.
+    assert [(r["code"], r["amount"]) for r in lines] == [
+        ("platform:purchases:CNY", 120),
+        ("platform:supplier_payable:CNY", -120),
+    ]
+    await ledger_is_consistent(database_url)
