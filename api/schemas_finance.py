@@ -15,6 +15,10 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Page size (default 50, m
 Cursor = Annotated[
     str | None, Query(max_length=200, description="`next_cursor` of the previous page")
 ]
+Since = Annotated[
+    datetime | None, Query(description="Lines from this time on (RFC 3339, inclusive)")
+]
+Until = Annotated[datetime | None, Query(description="Lines before this time (exclusive)")]
 StatementFormat = Annotated[
     Literal["json", "csv", "xlsx"],
     Query(description="`csv` or `xlsx` download the whole statement instead of a page"),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
 from api.deps import OperatorDep, RuntimeDep
@@ -15,16 +15,20 @@ from api.schemas_finance import (
     CommissionHold,
     Cursor,
     Limit,
+    Since,
     StatementFormat,
     StatementLinePublic,
     StatementPage,
+    Until,
     WithdrawalDecision,
     WithdrawalPage,
     WithdrawalPublic,
 )
 from engine import audit
 from engine.distribution.service import get_agent
+from engine.errors import CommonError, DomainError
 from engine.ledger import commissions, statements, withdrawals
+from engine.ledger.statements import ALL_TIME, Period
 from engine.ledger.withdrawals import Withdrawal, WithdrawalStatus
 from engine.runtime import Runtime
 
@@ -45,25 +49,41 @@ def withdrawal_body(withdrawal: Withdrawal) -> dict[str, Any]:
     return WithdrawalPublic(**vars(withdrawal)).model_dump(mode="json")
 
 
+async def period_of(since: Since = None, until: Until = None) -> Period:
+    if since is not None and until is not None and until <= since:
+        raise DomainError(CommonError.INVALID_REQUEST, "`until` must be after `since`.")
+    return Period(since, until)
+
+
+PeriodDep = Annotated[Period, Depends(period_of)]
+
+
 async def statement_response(
-    runtime: Runtime, agent_id: int, fmt: str, limit: int, cursor: str | None
+    runtime: Runtime,
+    agent_id: int,
+    fmt: str,
+    limit: int,
+    cursor: str | None,
+    period: Period = ALL_TIME,
 ) -> Response:
-    """A page of JSON, or the whole statement as CSV (streamed) or XLSX."""
+    """A page of JSON, or the whole statement (of the period) as CSV (streamed) or XLSX."""
     filename = f"statement-agent-{agent_id}"
     if fmt == "csv":
         return StreamingResponse(
-            statements.csv_export(runtime.db, agent_id),
+            statements.csv_export(runtime.db, agent_id, period),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{filename}.csv"'},
         )
     if fmt == "xlsx":
         return Response(
-            await statements.xlsx_export(runtime.db, agent_id),
+            await statements.xlsx_export(runtime.db, agent_id, period),
             media_type=XLSX_MEDIA_TYPE,
             headers={"Content-Disposition": f'attachment; filename="{filename}.xlsx"'},
         )
     after = statements.decode_line_cursor(cursor) if cursor else None
-    found = await statements.statement(runtime.db, agent_id, limit=limit + 1, after=after)
+    found = await statements.statement(
+        runtime.db, agent_id, limit=limit + 1, after=after, period=period
+    )
     page = found[:limit]
     body = StatementPage(
         data=[StatementLinePublic(**vars(line)) for line in page],
@@ -183,12 +203,13 @@ async def agent_statement(
     agent_id: Id,
     runtime: RuntimeDep,
     _operator: OperatorDep,
+    period: PeriodDep,
     format: StatementFormat = "json",
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
     await get_agent(runtime.db, agent_id)
-    return await statement_response(runtime, agent_id, format, limit, cursor)
+    return await statement_response(runtime, agent_id, format, limit, cursor, period)
 
 
 @router.get(
@@ -198,10 +219,10 @@ async def agent_statement(
     summary="An agent's whole statement as CSV",
 )
 async def agent_statement_csv(
-    agent_id: Id, runtime: RuntimeDep, _operator: OperatorDep
+    agent_id: Id, runtime: RuntimeDep, _operator: OperatorDep, period: PeriodDep
 ) -> Response:
     await get_agent(runtime.db, agent_id)
-    return await statement_response(runtime, agent_id, "csv", 0, None)
+    return await statement_response(runtime, agent_id, "csv", 0, None, period)
 
 
 @router.get(
@@ -211,10 +232,10 @@ async def agent_statement_csv(
     summary="An agent's whole statement as XLSX",
 )
 async def agent_statement_xlsx(
-    agent_id: Id, runtime: RuntimeDep, _operator: OperatorDep
+    agent_id: Id, runtime: RuntimeDep, _operator: OperatorDep, period: PeriodDep
 ) -> Response:
     await get_agent(runtime.db, agent_id)
-    return await statement_response(runtime, agent_id, "xlsx", 0, None)
+    return await statement_response(runtime, agent_id, "xlsx", 0, None, period)
 
 
 @router.put(
@@ -243,6 +264,9 @@ async def set_commission_hold(
             )
         return json_response(200, CommissionHold(days=days).model_dump())
 
-    return await run_idempotent(
+    response = await run_idempotent(
         request, runtime, operator.owner_label, {"level_id": level_id, "days": body.days}, run
     )
+    # This worker applies the new hold at once; the others when their cached trees expire.
+    request.app.state.issuance.ancestry.clear()
+    return response

@@ -12,6 +12,7 @@ from api.idempotency import json_response, run_idempotent
 from api.routers.finance import (
     STATEMENT_FORMATS,
     XLSX_MEDIA_TYPE,
+    PeriodDep,
     statement_response,
     withdrawal_body,
 )
@@ -106,11 +107,12 @@ async def my_sub_agents(
 async def my_statement(
     runtime: RuntimeDep,
     agent: AgentDep,
+    period: PeriodDep,
     format: StatementFormat = "json",
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
-    return await statement_response(runtime, agent.agent_id, format, limit, cursor)
+    return await statement_response(runtime, agent.agent_id, format, limit, cursor, period)
 
 
 @router.get(
@@ -119,8 +121,8 @@ async def my_statement(
     responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
     summary="My whole statement as CSV",
 )
-async def my_statement_csv(runtime: RuntimeDep, agent: AgentDep) -> Response:
-    return await statement_response(runtime, agent.agent_id, "csv", 0, None)
+async def my_statement_csv(runtime: RuntimeDep, agent: AgentDep, period: PeriodDep) -> Response:
+    return await statement_response(runtime, agent.agent_id, "csv", 0, None, period)
 
 
 @router.get(
@@ -129,8 +131,8 @@ async def my_statement_csv(runtime: RuntimeDep, agent: AgentDep) -> Response:
     responses={200: {"content": {XLSX_MEDIA_TYPE: {"schema": {"type": "string"}}}}},
     summary="My whole statement as XLSX",
 )
-async def my_statement_xlsx(runtime: RuntimeDep, agent: AgentDep) -> Response:
-    return await statement_response(runtime, agent.agent_id, "xlsx", 0, None)
+async def my_statement_xlsx(runtime: RuntimeDep, agent: AgentDep, period: PeriodDep) -> Response:
+    return await statement_response(runtime, agent.agent_id, "xlsx", 0, None, period)
 
 
 @router.post(

@@ -145,6 +145,10 @@ class IssuanceService:
     def balances(self) -> BalanceCache:
         return self._balances
 
+    @property
+    def ancestry(self) -> AncestryCache:
+        return self._ancestry
+
     async def close(self) -> None:
         await self._recorder.close()
 

@@ -29,6 +29,18 @@ COLUMNS = ("entry_id", "created_at", "account", "kind", "reference", "amount", "
 
 
 @dataclass(frozen=True)
+class Period:
+    """Lines from `since` (inclusive) to `until` (exclusive); the running balance still
+    counts everything before, so a month's statement opens with the right balance."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+ALL_TIME = Period()
+
+
+@dataclass(frozen=True)
 class StatementLine:
     entry_id: int
     account_id: int
@@ -80,7 +92,12 @@ def decode_line_cursor(cursor: str) -> tuple[int, int]:
 
 
 async def statement(
-    conn: Executor, agent_id: int, *, limit: int, after: tuple[int, int] | None = None
+    conn: Executor,
+    agent_id: int,
+    *,
+    limit: int,
+    after: tuple[int, int] | None = None,
+    period: Period = ALL_TIME,
 ) -> list[StatementLine]:
     # The running balance is a window over the account's whole history, then cut to the
     # page: correct on every page without storing a balance on each append-only line.
@@ -91,12 +108,16 @@ async def statement(
         " sum(-l.amount) OVER (PARTITION BY l.account_id ORDER BY l.entry_id) AS balance"
         " FROM accounts acc JOIN journal_lines l ON l.account_id = acc.id"
         " JOIN journal_entries e ON e.id = l.entry_id WHERE acc.agent_id = $1"
-        ") s WHERE $2::bigint IS NULL OR (entry_id, account_id) > ($2, $3) "
+        ") s WHERE ($2::bigint IS NULL OR (entry_id, account_id) > ($2, $3::bigint)) "
+        "AND ($5::timestamptz IS NULL OR created_at >= $5) "
+        "AND ($6::timestamptz IS NULL OR created_at < $6) "
         "ORDER BY entry_id, account_id LIMIT $4",
         agent_id,
         after[0] if after else None,
         after[1] if after else None,
         limit,
+        period.since,
+        period.until,
     )
     return [
         StatementLine(
@@ -113,10 +134,12 @@ async def statement(
     ]
 
 
-async def all_lines(conn: Executor, agent_id: int) -> AsyncIterator[StatementLine]:
+async def all_lines(
+    conn: Executor, agent_id: int, period: Period = ALL_TIME
+) -> AsyncIterator[StatementLine]:
     after: tuple[int, int] | None = None
     while True:
-        page = await statement(conn, agent_id, limit=EXPORT_PAGE, after=after)
+        page = await statement(conn, agent_id, limit=EXPORT_PAGE, after=after, period=period)
         for line in page:
             yield line
         if len(page) < EXPORT_PAGE:
@@ -140,12 +163,14 @@ def csv_chunk(lines: Iterable[tuple[object, ...]], *, header: bool) -> str:
     return out.getvalue()
 
 
-async def csv_export(conn: Executor, agent_id: int) -> AsyncIterator[bytes]:
+async def csv_export(
+    conn: Executor, agent_id: int, period: Period = ALL_TIME
+) -> AsyncIterator[bytes]:
     """The whole statement as CSV (UTF-8 with a BOM, which spreadsheet programs need to
     read Chinese text right), in chunks."""
     yield "\ufeff".encode() + csv_chunk([], header=True).encode()
     batch: list[tuple[object, ...]] = []
-    async for line in all_lines(conn, agent_id):
+    async for line in all_lines(conn, agent_id, period):
         batch.append(line.row())
         if len(batch) >= EXPORT_PAGE:
             yield csv_chunk(batch, header=False).encode()
@@ -154,9 +179,9 @@ async def csv_export(conn: Executor, agent_id: int) -> AsyncIterator[bytes]:
         yield csv_chunk(batch, header=False).encode()
 
 
-async def xlsx_export(conn: Executor, agent_id: int) -> bytes:
+async def xlsx_export(conn: Executor, agent_id: int, period: Period = ALL_TIME) -> bytes:
     rows: list[tuple[object, ...]] = []
-    async for line in all_lines(conn, agent_id):
+    async for line in all_lines(conn, agent_id, period):
         rows.append(line.row())
         if len(rows) > XLSX_MAX_ROWS:
             raise DomainError(

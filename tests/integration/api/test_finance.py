@@ -412,6 +412,15 @@ async def test_statements_page_and_export_without_keys(
     assert pages[1]["reference"] == issued[0].json()["id"]
     mine = await http.get("/v1/me/statement", headers=tree.auth("leaf"), params={"limit": 500})
     assert mine.json()["data"] == pages
+    # A period shows its lines with balances that still count everything before.
+    since = {"since": str(pages[1]["created_at"])}
+    period = await http.get(f"/v1/agents/{leaf}/statement", params=since)
+    assert period.json()["data"] == [p for p in pages if p["created_at"] >= pages[1]["created_at"]]
+    assert period.json()["data"][0]["balance"] == 48_500
+    backwards = await http.get(
+        f"/v1/agents/{leaf}/statement", params={**since, "until": "2000-01-01T00:00:00Z"}
+    )
+    assert backwards.status_code == 422 and backwards.json()["code"] == "invalid_request"
 
     csv_response = await http.get(f"/v1/agents/{leaf}/statement.csv")
     assert csv_response.status_code == 200
