@@ -15,12 +15,23 @@ from fastapi.openapi.utils import get_openapi
 
 from api import problems
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routers import catalog, distribution, issuance, ledger, notify, ops, orders
+from api.routers import (
+    catalog,
+    distribution,
+    finance,
+    issuance,
+    ledger,
+    me_finance,
+    notify,
+    ops,
+    orders,
+)
 from api.schemas import PROBLEM_RESPONSES
 from engine import __version__, idempotency
 from engine.crypto.keyring import load_keyring
 from engine.issuance.reconciler import Reconciler
 from engine.issuance.service import IssuanceService
+from engine.ledger.commissions import release_forever
 from engine.logging import configure as configure_logging
 from engine.notify.worker import OutboxWorker
 from engine.orders.service import OrderService
@@ -63,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(idempotency.sweep_forever(runtime.db)),
             asyncio.create_task(OutboxWorker(runtime.db, settings).run_forever()),
             asyncio.create_task(app.state.orders.sweep_forever()),
+            asyncio.create_task(release_forever(runtime.db)),
         ]
         log.info("worker_started", pid=os.getpid(), version=__version__)
         try:
@@ -90,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         issuance.router,
         notify.router,
         orders.router,
+        finance.router,
+        me_finance.router,
     ):
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

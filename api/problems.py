@@ -97,6 +97,8 @@ STATUS_BY_CODE: dict[str, int] = {
     # engine.ledger
     "insufficient_balance": 402,
     "invalid_amount": 422,
+    "withdrawal_not_found": 404,
+    "invalid_withdrawal_state": 409,
 }
 
 

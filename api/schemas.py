@@ -113,6 +113,8 @@ class AgentPublic(BaseModel):
     currency: str
     status: str
     created_at: datetime
+    held: int = Field(0, description="Commissions held by the level's T+N rule, not yet spendable")
+    commission_total: int = Field(0, description="Every commission earned, net of reversals")
 
 
 class ApiKeyCreate(RequestModel):

@@ -40,6 +40,10 @@ class Agent:
     currency: str
     status: str
     created_at: datetime
+    # Commissions waiting out their level's hold, and every commission earned (net of
+    # reversals); both from engine.ledger.commissions.
+    held: int = 0
+    commission_total: int = 0
 
 
 async def _require_skus(conn: Connection, skus: Sequence[str]) -> dict[str, int]:
@@ -144,7 +148,10 @@ async def create_agent(
 async def get_agent(conn: Executor, agent_id: int) -> Agent:
     row = await conn.fetchrow(
         "SELECT a.id, a.name, a.level_id, a.parent_id, a.credit_limit, a.status, a.created_at, "
-        "coalesce(-acc.balance, 0) AS balance, coalesce(acc.currency, 'CNY') AS currency "
+        "coalesce(-acc.balance, 0) AS balance, coalesce(acc.currency, 'CNY') AS currency, "
+        "coalesce((SELECT -h.balance FROM accounts h WHERE h.code = 'agent:' || a.id || "
+        "':held'), 0) AS held, coalesce((SELECT sum(c.amount) FROM commissions c "
+        "WHERE c.agent_id = a.id AND c.reversed_at IS NULL), 0)::bigint AS commission_total "
         "FROM agents a LEFT JOIN accounts acc ON acc.code = 'agent:' || a.id || ':balance' "
         "WHERE a.id = $1",
         agent_id,

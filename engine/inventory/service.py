@@ -19,6 +19,7 @@ import asyncpg
 from engine._core import distinct_by_fingerprint
 from engine.catalog.service import Product
 from engine.crypto.keyring import Keyring
+from engine.ledger.service import receive_stock
 from engine.storage.db import Connection
 
 
@@ -93,6 +94,10 @@ async def add_codes(
         accepted,
         duplicates,
         rejected,
+    )
+    # What the accepted keys cost is owed to their supplier, in the same transaction.
+    await receive_stock(
+        conn, unit_cost * accepted, currency=product.currency, reference=f"batch:{batch_id}"
     )
     # Every distinct key went in: the pool can be loaded from memory instead of re-read.
     keys = (ids, ciphertexts) if accepted == len(ids) else None

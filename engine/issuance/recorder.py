@@ -30,10 +30,12 @@ from typing import Any
 import asyncpg
 import structlog
 
+from engine.distribution.ancestry import CommissionShare
 from engine.ledger.service import (
     AccountKind,
     agent_account_code,
     ensure_account,
+    held_account_code,
 )
 from engine.metrics import FLUSH_LATENCY, FLUSH_SIZE, INTEGRITY_ALARMS
 
@@ -64,8 +66,9 @@ class PendingIssuance:
     entry_ids: list[int]
     # The account the amount is debited from; empty: the agent's prepaid balance.
     debit_account: str = ""
-    # Commission shares (account id, amount) credited out of the amount; the rest is revenue.
-    shares: list[tuple[int, int]] = field(default_factory=list)
+    # What the agent's ancestors earn on this issuance (credited out of the amount; the
+    # rest is revenue); empty for a top-level agent.
+    commissions: tuple[CommissionShare, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.debit_account:
@@ -111,6 +114,9 @@ class GroupCommitRecorder:
         self._queue: list[_Slot] = []
         self._runner: asyncio.Task[None] | None = None
         self._revenue_accounts: dict[str, int] = {}
+        # Commission accounts (`agent:N:balance` / `agent:N:held`) by code. Created outside
+        # the flush's transaction, so an id cached here never belongs to a rolled-back row.
+        self._commission_accounts: dict[str, int] = {}
 
     async def record(self, item: PendingIssuance) -> Recorded:
         future: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
@@ -194,6 +200,20 @@ class GroupCommitRecorder:
             self._revenue_accounts[currency] = account
         return account
 
+    async def _commission_account(self, conn: Any, share: CommissionShare, currency: str) -> int:
+        code = (
+            held_account_code(share.agent_id)
+            if share.hold_days
+            else agent_account_code(share.agent_id)
+        )
+        account = self._commission_accounts.get(code)
+        if account is None:
+            account = await ensure_account(
+                conn, code, AccountKind.LIABILITY, currency=currency, agent_id=share.agent_id
+            )
+            self._commission_accounts[code] = account
+        return account
+
     async def _flush_once(
         self, conn: Any, items: list[PendingIssuance], alarmed: dict[int, frozenset[int]]
     ) -> list[Recorded]:
@@ -209,7 +229,10 @@ class GroupCommitRecorder:
         public_ids = [new_public_id() for _ in batch]
         key_item = [n for n, item in enumerate(batch, 1) for _ in item.entry_ids]
         key_ids = [entry for item in batch for entry in item.entry_ids]
-        share_item = [n for n, item in enumerate(batch, 1) for _ in item.shares]
+        shares = [(n, item, share) for n, item in enumerate(batch, 1) for share in item.commissions]
+        share_accounts = [
+            await self._commission_account(conn, share, item.currency) for _, item, share in shares
+        ]
         try:
             # Outside a transaction block: the one statement is its own transaction,
             # committed (and flushed to disk) before the rows come back.
@@ -232,9 +255,12 @@ class GroupCommitRecorder:
                 [revenue[i.currency] for i in batch],
                 key_item,
                 key_ids,
-                share_item,
-                [account for item in batch for account, _ in item.shares],
-                [amount for item in batch for _, amount in item.shares],
+                [n for n, _, _ in shares],
+                share_accounts,
+                [share.amount for _, _, share in shares],
+                [share.agent_id for _, _, share in shares],
+                [share.kind.value for _, _, share in shares],
+                [share.hold_days or None for _, _, share in shares],
             )
         except asyncpg.PostgresError as exc:
             if exc.sqlstate != GUARD_SQLSTATE:
@@ -269,7 +295,8 @@ _RECORD_ISSUANCES = (
     "SELECT * FROM kami_record_issuances($1::text[], $2::bigint[], $3::bigint[], $4::text[], "
     "$5::bytea[], $6::bigint[], $7::text[], $8::int[], $9::bigint[], $10::bigint[], "
     "$11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], $16::int[], "
-    "$17::bigint[], $18::int[], $19::bigint[], $20::bigint[])"
+    "$17::bigint[], $18::int[], $19::bigint[], $20::bigint[], $21::bigint[], $22::text[], "
+    "$23::int[])"
 )
 # Raised by kami_record_issuances when a key is no longer available (migration 0014).
 GUARD_SQLSTATE = "KM001"

@@ -29,6 +29,7 @@ from engine._core import (
     PoolUnavailable,
 )
 from engine.crypto.keyring import Keyring
+from engine.distribution.ancestry import AncestryCache
 from engine.errors import CommonError, DomainError
 from engine.inventory.pools import ensure_present
 from engine.issuance.errors import IssuanceError
@@ -130,6 +131,7 @@ class IssuanceService:
         recorder: GroupCommitRecorder | None = None,
         terms: TermsCache | None = None,
         balances: BalanceCache | None = None,
+        ancestry: AncestryCache | None = None,
     ) -> None:
         self._db = db
         self._pool = pool
@@ -137,10 +139,15 @@ class IssuanceService:
         self._recorder = recorder or GroupCommitRecorder(db)
         self._terms = terms or TermsCache()
         self._balances = balances or BalanceCache()
+        self._ancestry = ancestry or AncestryCache()
 
     @property
     def balances(self) -> BalanceCache:
         return self._balances
+
+    @property
+    def ancestry(self) -> AncestryCache:
+        return self._ancestry
 
     async def close(self) -> None:
         await self._recorder.close()
@@ -182,6 +189,10 @@ class IssuanceService:
     ) -> Issuance:
         terms = await self._terms.terms(self._db, agent.level_id, sku)
         amount = terms.unit_price * quantity
+        # Before the take: a tree priced out of order refuses the sale with nothing taken.
+        commissions = await self._ancestry.shares(
+            self._db, agent.agent_id, terms.product_id, terms.unit_price, quantity
+        )
         if amount > 0 and not await self._balances.covers(self._db, agent.agent_id, amount):
             # A retry of a committed request must still replay, whatever the balance now.
             replay = await self._stored(agent.agent_id, idempotency_key)
@@ -203,6 +214,7 @@ class IssuanceService:
             reference=reference,
             holder=holder,
             entry_ids=[entry_id for entry_id, _ in entries],
+            commissions=commissions,
         )
         try:
             recorded = await self._recorder.record(pending)

@@ -46,8 +46,32 @@ def agent_account_code(agent_id: int) -> str:
     return f"agent:{agent_id}:balance"
 
 
+def held_account_code(agent_id: int) -> str:
+    """Commissions earned but held T+N days: owed to the agent, not yet spendable."""
+    return f"agent:{agent_id}:held"
+
+
+def withdrawing_account_code(agent_id: int) -> str:
+    """Funds an agent asked to be paid out, reserved until an operator decides."""
+    return f"agent:{agent_id}:withdrawing"
+
+
 def bank_account_code(currency: str) -> str:
     return f"platform:bank:{currency}"
+
+
+def revenue_account_code(currency: str) -> str:
+    return f"platform:revenue:{currency}"
+
+
+def clearing_account_code(provider: str, currency: str) -> str:
+    """Money a payment provider collected for us and has not yet settled to the bank."""
+    return f"platform:clearing:{provider}:{currency}"
+
+
+def supplier_payable_code(currency: str) -> str:
+    """What the platform owes its key suppliers (batch unit costs)."""
+    return f"platform:supplier_payable:{currency}"
 
 
 async def ensure_account(
@@ -128,6 +152,29 @@ async def deposit(
     entry = await post(conn, "deposit", [(bank, amount), (agent, -amount)], reference=reference)
     balance: int = await conn.fetchval("SELECT -balance FROM accounts WHERE id = $1", agent)
     return entry, balance
+
+
+def purchases_account_code(currency: str) -> str:
+    """What stock cost the platform, expensed when it is received (periodic inventory)."""
+    return f"platform:purchases:{currency}"
+
+
+async def receive_stock(
+    conn: Connection, amount: int, *, currency: str, reference: str
+) -> int | None:
+    """A batch bought from a supplier at a unit cost: its cost owed to the supplier
+    (`supplier_payable`), expensed as purchases. Returns the entry id; None for free stock."""
+    if amount <= 0:
+        return None
+    purchases = await ensure_account(
+        conn, purchases_account_code(currency), AccountKind.EXPENSE, currency=currency
+    )
+    payable = await ensure_account(
+        conn, supplier_payable_code(currency), AccountKind.LIABILITY, currency=currency
+    )
+    return await post(
+        conn, "batch.received", [(purchases, amount), (payable, -amount)], reference=reference
+    )
 
 
 async def trial_balance(conn: Connection) -> TrialBalance:

@@ -36,6 +36,7 @@ from engine.distribution.commissions import AgentCost, Sale, Split, split_sale
 from engine.errors import DomainError
 from engine.inventory.pools import ensure_present
 from engine.issuance.errors import IssuanceError
+from engine.ledger import commissions
 from engine.ledger.service import AccountKind, agent_account_code, ensure_account, post
 from engine.notify.outbox import emit_event, enqueue_email
 from engine.orders.errors import OrderError
@@ -702,39 +703,68 @@ class OrderService:
     ) -> None:
         """The buyer's money into clearing; platform revenue, and for a sub-store the
         order's split: every agent up the tree credited its margin or differential to its
-        balance at once (秒结). `reverse`: the refund's mirror image."""
+        balance at once (秒结), or to its held account when its level holds commissions.
+        `reverse`: the refund, taking each commission back from where it is now."""
         amount = order["amount"]
         if amount == 0:
             return
         acc = await self._accounts(conn, provider, order["currency"])
-        lines: list[tuple[int, int]] = [(acc["clearing"], amount)]
         shares = await conn.fetch(
-            "SELECT agent_id, amount FROM order_shares WHERE order_id = $1 AND amount > 0 "
-            "ORDER BY position",
+            "SELECT agent_id, kind, amount FROM order_shares WHERE order_id = $1 "
+            "AND amount > 0 AND agent_id IS NOT NULL ORDER BY position",
             order["id"],
         )
-        credited = 0
-        for share in shares:
-            if share["agent_id"] is None:
-                continue  # the platform's share: the revenue line below
-            agent = await ensure_account(
-                conn,
-                agent_account_code(share["agent_id"]),
-                AccountKind.LIABILITY,
-                currency=order["currency"],
-                agent_id=share["agent_id"],
-            )
-            lines.append((agent, -share["amount"]))
-            credited += share["amount"]
+        if reverse:
+            await self._journal_refund(conn, order, acc, shares)
+            return
+        credits = await commissions.credit_lines(
+            conn,
+            [commissions.AgentShare(r["agent_id"], r["kind"], r["amount"]) for r in shares],
+            order["currency"],
+            self._clock(),
+        )
+        lines: list[tuple[int, int]] = [(acc["clearing"], amount)]
+        lines += [(credit.account_id, -credit.share.amount) for credit in credits]
+        credited = sum(credit.share.amount for credit in credits)
         if amount - credited > 0:
             lines.append((acc["revenue"], -(amount - credited)))
-        sign = -1 if reverse else 1
-        await post(
-            conn,
-            "order.refund" if reverse else "order.sale",
-            [(account, sign * value) for account, value in _merge(lines)],
-            reference=order["order_no"],
+        entry = await post(conn, "order.sale", _merge(lines), reference=order["order_no"])
+        await commissions.record(
+            conn, "order", order["order_no"], entry, order["currency"], credits
         )
+
+    async def _journal_refund(
+        self,
+        conn: Connection,
+        order: asyncpg.Record,
+        acc: dict[str, int],
+        shares: Sequence[asyncpg.Record],
+    ) -> None:
+        amount = order["amount"]
+        taken_back = await commissions.reverse(conn, "order", order["order_no"], self._clock())
+        lines: list[tuple[int, int]] = [(acc["clearing"], -amount)]
+        if taken_back or not shares:
+            lines += [(account, value) for _, account, value in taken_back]
+            credited = sum(value for _, _, value in taken_back)
+        else:
+            # Paid before commissions were recorded one by one: the shares are in the
+            # agents' balances.
+            credited = 0
+            for share in shares:
+                agent = await ensure_account(
+                    conn,
+                    agent_account_code(share["agent_id"]),
+                    AccountKind.LIABILITY,
+                    currency=order["currency"],
+                    agent_id=share["agent_id"],
+                )
+                lines.append((agent, share["amount"]))
+                credited += share["amount"]
+        if amount - credited > 0:
+            lines.append((acc["revenue"], amount - credited))
+        entry = await post(conn, "order.refund", _merge(lines), reference=order["order_no"])
+        if taken_back:
+            await commissions.link_reversal(conn, [c for c, _, _ in taken_back], entry)
 
     async def _journal_unusable(
         self, conn: Connection, order: asyncpg.Record, notice: PaymentNotice

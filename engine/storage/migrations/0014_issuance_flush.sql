@@ -8,8 +8,9 @@
 --
 -- Arguments are parallel arrays, one element per issuance ("item", 1-based), plus one
 -- element per card key (p_key_item / p_key_id, in each issuance's key order) and one per
--- commission share (p_share_item / p_share_account / p_share_amount: credited out of the
--- item's amount; what is left goes to p_credit_account, the platform's revenue).
+-- commission share (p_share_*: an ancestor's differential, credited out of the item's
+-- amount to its balance or, when held for p_share_hold_days, its held account, with a
+-- `commissions` row; what is left goes to p_credit_account, the platform's revenue).
 --
 -- Per item, in order: the debit must fit the account's credit limit (else
 -- 'insufficient_balance'); an existing (agent, Idempotency-Key) is a committed retry
@@ -37,7 +38,10 @@ CREATE FUNCTION kami_record_issuances(
     p_key_id          bigint[],
     p_share_item      integer[],
     p_share_account   bigint[],
-    p_share_amount    bigint[]
+    p_share_amount    bigint[],
+    p_share_agent     bigint[],
+    p_share_kind      text[],
+    p_share_hold_days integer[]
 ) RETURNS TABLE (
     item        integer,
     outcome     text,
@@ -58,6 +62,7 @@ DECLARE
     accepted     boolean[] := array_fill(false, ARRAY[n]);
     inserted_id  bigint[] := array_fill(NULL::bigint, ARRAY[n]);
     inserted_at  timestamptz[] := array_fill(NULL::timestamptz, ARRAY[n]);
+    entry_of     bigint[] := array_fill(NULL::bigint, ARRAY[n]);
     updated_ids  bigint[];
     updated_bats bigint[];
     expected     integer;
@@ -169,32 +174,39 @@ BEGIN
 
         -- 6. One balanced journal entry per paid issuance: the buyer's debit; each
         --    commission share; the rest to revenue. Account balances move with the lines.
-        WITH paid AS (
-            SELECT g.i FROM generate_subscripts(p_public_id, 1) AS g(i)
-            WHERE inserted_id[g.i] IS NOT NULL AND p_amount[g.i] > 0
-        ), entries AS (
-            INSERT INTO journal_entries (kind, reference)
-            SELECT 'issuance', p_public_id[paid.i] FROM paid
-            RETURNING id, reference
-        ), entry_of AS (
-            SELECT e.id AS entry_id, p.ord::integer AS i
+        FOR r IN
+            WITH entries AS (
+                INSERT INTO journal_entries (kind, reference)
+                SELECT 'issuance', p_public_id[g.i]
+                FROM generate_subscripts(p_public_id, 1) AS g(i)
+                WHERE inserted_id[g.i] IS NOT NULL AND p_amount[g.i] > 0
+                RETURNING id, reference
+            )
+            SELECT e.id, p.ord::integer AS ord
             FROM entries e JOIN unnest(p_public_id) WITH ORDINALITY AS p(public_id, ord)
                 ON p.public_id = e.reference
+        LOOP
+            entry_of[r.ord] := r.id;
+        END LOOP;
+        WITH paid AS (
+            SELECT g.i, entry_of[g.i] AS entry_id
+            FROM generate_subscripts(p_public_id, 1) AS g(i)
+            WHERE entry_of[g.i] IS NOT NULL
         ), shares AS (
             SELECT s.item AS i, s.account, s.amount
             FROM unnest(p_share_item, p_share_account, p_share_amount) AS s(item, account, amount)
         ), raw_lines AS (
-            SELECT eo.entry_id, account_ids[array_position(codes, p_debit_account[eo.i])]
-                   AS account_id, p_amount[eo.i] AS amount
-            FROM entry_of eo
+            SELECT paid.entry_id, account_ids[array_position(codes, p_debit_account[paid.i])]
+                   AS account_id, p_amount[paid.i] AS amount
+            FROM paid
             UNION ALL
-            SELECT eo.entry_id, s.account, -s.amount
-            FROM entry_of eo JOIN shares s ON s.i = eo.i
+            SELECT paid.entry_id, s.account, -s.amount
+            FROM paid JOIN shares s ON s.i = paid.i
             UNION ALL
-            SELECT eo.entry_id, p_credit_account[eo.i],
-                   -(p_amount[eo.i] - coalesce((SELECT sum(s.amount) FROM shares s
-                                                WHERE s.i = eo.i), 0))
-            FROM entry_of eo
+            SELECT paid.entry_id, p_credit_account[paid.i],
+                   -(p_amount[paid.i] - coalesce((SELECT sum(s.amount) FROM shares s
+                                                  WHERE s.i = paid.i), 0))
+            FROM paid
         ), lines AS (
             INSERT INTO journal_lines (entry_id, account_id, amount)
             SELECT l.entry_id, l.account_id, sum(l.amount)
@@ -204,6 +216,25 @@ BEGIN
         UPDATE accounts a SET balance = a.balance + d.delta
         FROM (SELECT account_id, sum(amount) AS delta FROM lines GROUP BY account_id) AS d
         WHERE a.id = d.account_id;
+
+        INSERT INTO commissions (agent_id, source, reference, kind, amount, currency,
+                                 entry_id, release_at)
+        SELECT s.agent, 'issuance', p_public_id[s.item], s.kind, s.amount, p_currency[s.item],
+               entry_of[s.item], CASE WHEN s.days IS NULL THEN NULL
+                                      ELSE now() + make_interval(days => s.days) END
+        FROM unnest(p_share_item, p_share_agent, p_share_kind, p_share_amount,
+                    p_share_hold_days) AS s(item, agent, kind, amount, days)
+        WHERE entry_of[s.item] IS NOT NULL;
+
+        -- A buyer that is also an ancestor in this flush reports the funds its commissions
+        -- left too (never counted in step 2: the order of a batch must not decide who may
+        -- spend).
+        FOR i IN 1 .. coalesce(array_length(p_share_item, 1), 0) LOOP
+            j := array_position(account_ids, p_share_account[i]);
+            IF j IS NOT NULL AND inserted_id[p_share_item[i]] IS NOT NULL THEN
+                balances[j] := balances[j] - p_share_amount[i];
+            END IF;
+        END LOOP;
     END IF;
 
     -- 7. One row per item: its outcome, what the agent's account holds now, and the
