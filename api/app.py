@@ -15,10 +15,11 @@ from fastapi.openapi.utils import get_openapi
 
 from api import problems
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routers import catalog, distribution, issuance, ledger, notify, ops, orders
+from api.routers import catalog, distribution, issuance, ledger, levels, notify, ops, orders
 from api.schemas import PROBLEM_RESPONSES
 from engine import __version__, idempotency
 from engine.crypto.keyring import load_keyring
+from engine.distribution.upgrades import upgrades_forever
 from engine.issuance.reconciler import Reconciler
 from engine.issuance.service import IssuanceService
 from engine.logging import configure as configure_logging
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(idempotency.sweep_forever(runtime.db)),
             asyncio.create_task(OutboxWorker(runtime.db, settings).run_forever()),
             asyncio.create_task(app.state.orders.sweep_forever()),
+            asyncio.create_task(upgrades_forever(runtime.db, settings.agent_upgrade_interval_s)),
         ]
         log.info("worker_started", pid=os.getpid(), version=__version__)
         try:
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         catalog.router,
         distribution.router,
+        levels.router,
         ledger.router,
         issuance.router,
         notify.router,

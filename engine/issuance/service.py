@@ -142,6 +142,10 @@ class IssuanceService:
     def balances(self) -> BalanceCache:
         return self._balances
 
+    @property
+    def terms(self) -> TermsCache:
+        return self._terms
+
     async def close(self) -> None:
         await self._recorder.close()
 
@@ -180,8 +184,11 @@ class IssuanceService:
         idempotency_key: str,
         request_hash: bytes,
     ) -> Issuance:
-        terms = await self._terms.terms(self._db, agent.level_id, sku)
-        amount = terms.unit_price * quantity
+        # The level's price for this quantity (tiers), a parent's price, the cost floor.
+        terms, price = await self._terms.price(
+            self._db, agent.level_id, agent.agent_id, sku, quantity
+        )
+        amount = price.amount
         if amount > 0 and not await self._balances.covers(self._db, agent.agent_id, amount):
             # A retry of a committed request must still replay, whatever the balance now.
             replay = await self._stored(agent.agent_id, idempotency_key)
@@ -198,7 +205,7 @@ class IssuanceService:
             request_hash=request_hash,
             product_id=terms.product_id,
             sku=sku,
-            unit_price=terms.unit_price,
+            unit_price=price.unit_price,
             currency=terms.currency,
             reference=reference,
             holder=holder,
