@@ -235,6 +235,17 @@ async def update_level(conn: Connection, level_id: int, changes: LevelChanges) -
 
 
 async def _replace_rules(conn: Connection, level_id: int, rules: Sequence[UpgradeRule]) -> None:
+    targets = {r.to_level_id for r in rules}
+    if level_id in targets:
+        raise DomainError(
+            LevelError.INVALID_UPGRADE_RULE, "A rule moves an agent to another level."
+        )
+    found = await conn.fetch(
+        "SELECT id FROM agent_levels WHERE id = ANY($1::bigint[])", list(targets)
+    )
+    missing = sorted(targets - {r["id"] for r in found})
+    if missing:
+        raise DomainError(DistributionError.LEVEL_NOT_FOUND, f"No agent level {missing[0]}.")
     await conn.execute("DELETE FROM agent_level_rules WHERE level_id = $1", level_id)
     if not rules:
         return
