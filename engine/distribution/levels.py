@@ -24,7 +24,6 @@ from engine.pricing import (
     PriceSource,
     PricingError,
     Quote,
-    SkuPricing,
     Tier,
     lowest_price,
     quote,
@@ -273,8 +272,12 @@ async def check_level(conn: Connection, level_id: int) -> None:
     for row in rows:
         pricing = pricing_from(row)
         validate_tiers(pricing.tiers, pricing.base_price, sku=row["sku"])
-        configured = pricing if pricing.source is not PriceSource.RETAIL else _tiers_only(pricing)
-        if configured is not None and lowest_price(configured) < pricing.cost_basis:
+        # Without a price of its own for the SKU the level sells at retail, which is the
+        # product's price, not the level's; only its tiers are then its own.
+        own = [t.unit_price for t in pricing.tiers]
+        if pricing.source is not PriceSource.RETAIL:
+            own.append(lowest_price(pricing))
+        if own and min(own) < pricing.cost_basis:
             below.append(row["sku"])
     if below:
         raise DomainError(
@@ -305,14 +308,6 @@ async def check_level(conn: Connection, level_id: int) -> None:
                 f"Level {rule['to_level_id']} ranks lower: a downgrade rule needs "
                 "auto_downgrade on this level.",
             )
-
-
-def _tiers_only(pricing: SkuPricing) -> SkuPricing | None:
-    # A level without its own price for a SKU sells at retail; only its tiers are its own.
-    if not pricing.tiers:
-        return None
-    lowest = min(t.unit_price for t in pricing.tiers)
-    return SkuPricing(retail_price=lowest, cost_basis=pricing.cost_basis)
 
 
 # --- what an agent pays ----------------------------------------------------------------

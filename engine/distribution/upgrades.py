@@ -200,6 +200,12 @@ class _Rule:
     def upgrade(self) -> bool:
         return self.to_rank > self.from_rank
 
+    @property
+    def downgrade(self) -> bool:
+        # A rank changed since the rule was set can leave it pointing at an equal rank:
+        # neither, so it does nothing.
+        return self.to_rank < self.from_rank
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -224,7 +230,7 @@ async def run_upgrades(conn: Connection, now: datetime) -> list[LevelChange]:
         rules = [_Rule(**dict(r)) for r in rows]
         by_level: dict[int, list[_Rule]] = {}
         for rule in rules:
-            if rule.upgrade or rule.auto_downgrade:
+            if rule.upgrade or (rule.downgrade and rule.auto_downgrade):
                 by_level.setdefault(rule.level_id, []).append(rule)
         changes = []
         for level_id, level_rules in by_level.items():
@@ -313,7 +319,7 @@ def _choose(
         if rule.upgrade and total >= rule.threshold:
             upgrades.append((rule, total))
         elif (
-            not rule.upgrade
+            rule.downgrade
             and total < rule.threshold
             and agent["level_since"] <= now - timedelta(days=rule.window_days)
         ):

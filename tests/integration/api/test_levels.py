@@ -5,6 +5,7 @@ injected time, manual level changes."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from engine.distribution.levels import agent_unit_cost
+from engine.distribution.levels import CachedPricing, agent_unit_cost
 from engine.distribution.upgrades import run_upgrades
 from engine.settings import Settings
 from tests.integration.api.conftest import unique_sku
@@ -251,7 +252,9 @@ async def test_a_bad_patch_changes_nothing(api: Api, body: dict[str, Any], code:
 # --- tiers on the hot path, floors --------------------------------------------------------
 
 
-async def test_issuances_pay_the_tier_price_of_their_quantity(api: Api, database_url: str) -> None:
+async def test_issuances_pay_the_tier_price_of_their_quantity(
+    app: FastAPI, api: Api, database_url: str
+) -> None:
     sku = await api.product(codes=30, unit_cost=800)
     level = await api.level(
         1,
@@ -276,6 +279,8 @@ async def test_issuances_pay_the_tier_price_of_their_quantity(api: Api, database
         assert await agent_unit_cost(conn, agent_id, sku, 4) == 1500
     finally:
         await conn.close()
+    cached = CachedPricing(app.state.issuance.terms, app.state.runtime.db, level["id"])
+    assert await agent_unit_cost(cached, agent_id, sku, 10) == 1250
     prices = (await api.client.get("/v1/me/prices", headers=auth)).json()["data"]
     [mine] = [p for p in prices if p["sku"] == sku]
     assert mine == {
@@ -289,6 +294,11 @@ async def test_issuances_pay_the_tier_price_of_their_quantity(api: Api, database
                                                              "unit_price": 1250}],
         "on_sale": True,
     }  # fmt: skip
+
+    first = await api.client.get("/v1/me/prices?limit=1", headers=auth)
+    assert len(first.json()["data"]) == 1 and first.json()["next_cursor"] is not None
+    bad = await api.client.get("/v1/me/prices?cursor=nonsense", headers=auth)
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_request"
 
     # A price change applies to the next issuance of this worker at once.
     patched = await api.patch(f"/v1/agent-levels/{level['id']}", {"tiers": {}})
@@ -608,3 +618,23 @@ async def test_an_operator_changes_a_level_by_hand(api: Api, database_url: str) 
     finally:
         await conn.close()
     assert audited == 1
+
+
+async def test_concurrent_runs_change_each_agent_once(api: Api, database_url: str) -> None:
+    low, high = await api.level(1, {}), await api.level(2, {})
+    rule = {"metric": "deposits", "threshold": 100, "window_days": 1, "to_level_id": high["id"]}
+    await api.patch(f"/v1/agent-levels/{low['id']}", {"upgrade_rules": [rule]})
+    agents = [(await api.agent(low["id"], deposit=100))[0] for _ in range(5)]
+    now = datetime.now(UTC) + timedelta(minutes=1)
+    conns = [await asyncpg.connect(database_url) for _ in range(4)]
+    try:
+        runs = await asyncio.gather(*(run_upgrades(c, now) for c in conns))
+        recorded = await conns[0].fetchval(
+            "SELECT count(*) FROM agent_level_changes WHERE agent_id = ANY($1::bigint[])", agents
+        )
+    finally:
+        for c in conns:
+            await c.close()
+    mine = [c.agent_id for run in runs for c in run if c.agent_id in agents]
+    assert sorted(mine) == sorted(agents)
+    assert recorded == len(agents)

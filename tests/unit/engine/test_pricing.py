@@ -279,3 +279,15 @@ def test_tiers_are_accepted_exactly_when_in_order(raw: list[tuple[int, int]], ba
         with pytest.raises(DomainError) as caught:
             validate_tiers(tiers, base)
         assert caught.value.code is PricingError.TIERS_OUT_OF_ORDER
+
+
+def test_every_code_of_levels_and_pricing_has_a_status() -> None:
+    from api.problems import STATUS_BY_CODE
+    from engine.distribution.levels import LevelError
+    from engine.distribution.sub_agents import SubAgentError
+    from engine.distribution.tree import TreeError
+    from engine.distribution.upgrades import UpgradeError
+
+    for enum in (PricingError, LevelError, SubAgentError, TreeError, UpgradeError):
+        for code in enum:
+            assert code.value in STATUS_BY_CODE, code
