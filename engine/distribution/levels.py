@@ -19,7 +19,7 @@ import asyncpg
 
 from engine.distribution.service import DistributionError
 from engine.errors import DomainError
-from engine.issuance.terms import TermsCache
+from engine.issuance.terms import TermsCache, below_cost_basis
 from engine.pricing import (
     PriceSource,
     PricingError,
@@ -351,6 +351,8 @@ async def agent_unit_cost(
         _, found = await conn_or_cache.cache.price(
             conn_or_cache.db, conn_or_cache.level_id, agent_id, sku, quantity
         )
+        if not found.covers_cost_basis:
+            raise below_cost_basis(sku)
         return found.unit_price
     quotes = await agent_quotes(conn_or_cache, [agent_id], sku, quantity)
     return quotes[agent_id].unit_price

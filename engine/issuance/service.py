@@ -33,7 +33,7 @@ from engine.errors import CommonError, DomainError
 from engine.inventory.pools import ensure_present
 from engine.issuance.errors import IssuanceError
 from engine.issuance.recorder import GroupCommitRecorder, Outcome, PendingIssuance, Recorded
-from engine.issuance.terms import SaleTerms, TermsCache
+from engine.issuance.terms import SaleTerms, TermsCache, below_cost_basis
 from engine.ledger.service import agent_account_code
 from engine.metrics import ISSUANCE_LATENCY, ISSUANCES
 from engine.principals import AgentKey
@@ -189,6 +189,11 @@ class IssuanceService:
             self._db, agent.level_id, agent.agent_id, sku, quantity
         )
         amount = price.amount
+        if not price.covers_cost_basis:
+            replay = await self._stored(agent.agent_id, idempotency_key)
+            if replay is not None:
+                return await self._replay(agent.agent_id, replay, request_hash)
+            raise below_cost_basis(sku)
         if amount > 0 and not await self._balances.covers(self._db, agent.agent_id, amount):
             # A retry of a committed request must still replay, whatever the balance now.
             replay = await self._stored(agent.agent_id, idempotency_key)

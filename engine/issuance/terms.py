@@ -58,21 +58,14 @@ class TermsCache:
     async def price(
         self, db: asyncpg.Pool, level_id: int, agent_id: int, sku: str, quantity: int
     ) -> tuple[SaleTerms, Quote]:
-        """The terms and the quote for `quantity` units; refused below the cost basis."""
+        """The terms and the quote for `quantity` units. The caller refuses a quote that
+        does not cover the cost basis (`below_cost_basis`), after checking for a replay."""
         terms = await self.terms(db, level_id, sku)
         assert terms.pricing is not None
         above = None
         if terms.has_overrides:
             above = await self._parent_price(db, agent_id, terms.product_id)
-        found = quote(terms.pricing, quantity, parent_price=above)
-        if not found.covers_cost_basis:
-            # A batch dearer than this level's price arrived after the price was set.
-            raise DomainError(
-                PricingError.PRICE_BELOW_COST_BASIS,
-                f"{sku} cannot be sold at this price now: it is below the platform's cost. "
-                "Nothing was issued or charged.",
-            )
-        return terms, found
+        return terms, quote(terms.pricing, quantity, parent_price=above)
 
     async def _parent_price(self, db: asyncpg.Pool, agent_id: int, product_id: int) -> int | None:
         key = (agent_id, product_id)
@@ -109,4 +102,13 @@ async def _load(db: asyncpg.Pool, level_id: int, sku: str) -> SaleTerms | Domain
         currency=row["currency"],
         pricing=pricing,
         has_overrides=row["has_overrides"],
+    )
+
+
+def below_cost_basis(sku: str) -> DomainError:
+    # A batch dearer than this price arrived after the price was set.
+    return DomainError(
+        PricingError.PRICE_BELOW_COST_BASIS,
+        f"{sku} cannot be sold at this price now: it is below the platform's cost. "
+        "Nothing was issued or charged.",
     )

@@ -339,7 +339,11 @@ async def test_a_dearer_batch_stops_sales_below_the_new_basis(
     sku = await api.product(codes=5, unit_cost=800)
     level = await api.level(1, {sku: 1000})
     agent_id, auth = await api.agent(level["id"], deposit=50_000)
-    assert (await api.issue(auth, sku, 1)).status_code == 201
+    headers = {**auth, "Idempotency-Key": f"first-{agent_id}"}
+    first = await api.client.post(
+        "/v1/issuances", json={"sku": sku, "quantity": 1}, headers=headers
+    )
+    assert first.status_code == 201
     stock = (await api.get(f"/v1/products/{sku}")).json()["stock"]
 
     await api.batch(sku, 5, 1200)
@@ -348,6 +352,11 @@ async def test_a_dearer_batch_stops_sales_below_the_new_basis(
     refused = await api.issue(auth, sku, 1)
     assert refused.status_code == 409, refused.text
     assert refused.json()["code"] == "price_below_cost_basis"
+    # A retry of the sale made before still gets its answer.
+    retry = await api.client.post(
+        "/v1/issuances", json={"sku": sku, "quantity": 1}, headers=headers
+    )
+    assert retry.status_code == 201 and retry.content == first.content
     assert await api.balance(agent_id) == 50_000 - 1000
     after = (await api.get(f"/v1/products/{sku}")).json()["stock"]
     assert after["issued"] == stock["issued"] and after["held"] == 0
