@@ -282,10 +282,8 @@ async def _run_level(
         if moved is None:
             continue
         word = "≥" if rule.upgrade else "<"
-        reason = (
-            f"{rule.metric} of {total} over the last {rule.window_days} days {word} "
-            f"{rule.threshold}"
-        )
+        days = f"{rule.window_days} day" + ("s" if rule.window_days != 1 else "")
+        reason = f"{rule.metric} of {total} over the last {days} {word} {rule.threshold}"
         changes.append(
             await _record(
                 conn,

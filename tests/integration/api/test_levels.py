@@ -468,7 +468,8 @@ async def test_an_agent_creates_sub_agents_and_prices_them(api: Api, database_ur
 
 async def test_sub_store_commissions_use_the_resolved_costs(api: Api, database_url: str) -> None:
     sku = await api.product(codes=20, unit_cost=500)
-    top = await api.level(3, {sku: 1000}, can_create_sub_agents=True)
+    top = await api.level(5, {sku: 1000}, can_create_sub_agents=True)
+    mid = await api.level(3, {sku: 1200})
     low = await api.level(2, {sku: 1600}, tiers={sku: [{"min_quantity": 3, "unit_price": 1200}]})
     parent_id, parent = await api.agent(top["id"])
     created = await api.client.post(
@@ -505,6 +506,24 @@ async def test_sub_store_commissions_use_the_resolved_costs(api: Api, database_u
               "payment_method": "sandbox", "store": slug},
     )  # fmt: skip
     assert refused.status_code == 409 and refused.json()["code"] == "price_below_cost_basis"
+
+    # The store's paid sales count for upgrades; a rule that would lift the child to its
+    # parent's rank is passed over for one that keeps it below.
+    rules = [
+        {"metric": "sales", "threshold": 6000, "window_days": 1, "to_level_id": top["id"]},
+        {"metric": "sales", "threshold": 6000, "window_days": 1, "to_level_id": mid["id"]},
+    ]
+    assert (
+        await api.patch(f"/v1/agent-levels/{low['id']}", {"upgrade_rules": rules})
+    ).status_code == 200
+    conn = await asyncpg.connect(database_url)
+    try:
+        changes = await run_upgrades(conn, datetime.now(UTC) + timedelta(minutes=1))
+    finally:
+        await conn.close()
+    [change] = [c for c in changes if c.agent_id == child_id]
+    assert change.to_level_id == mid["id"]
+    assert change.reason == "sales of 6000 over the last 1 day ≥ 6000"
 
 
 # --- upgrades ----------------------------------------------------------------------------
