@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from engine.distribution.levels import CachedPricing, agent_unit_cost
 from engine.distribution.upgrades import run_upgrades
+from engine.issuance.terms import TermsCache
 from engine.settings import Settings
 from tests.integration.api.conftest import unique_sku
 
@@ -666,3 +667,47 @@ async def test_concurrent_runs_change_each_agent_once(api: Api, database_url: st
     mine = [c.agent_id for run in runs for c in run if c.agent_id in agents]
     assert sorted(mine) == sorted(agents)
     assert recorded == len(agents)
+
+
+class _CountingPool:
+    """A pool that counts the statements the terms cache sends."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.queries = 0
+
+    async def fetchrow(self, *args: Any) -> Any:
+        self.queries += 1
+        return await self.pool.fetchrow(*args)
+
+    async def fetchval(self, *args: Any) -> Any:
+        self.queries += 1
+        return await self.pool.fetchval(*args)
+
+
+async def test_tiers_and_parent_prices_cost_no_query_per_request(app: FastAPI, api: Api) -> None:
+    sku = await api.product(codes=1)
+    top = await api.level(
+        3,
+        {sku: 1500},
+        can_create_sub_agents=True,
+        tiers={sku: [{"min_quantity": 10, "unit_price": 1200}]},
+    )
+    low = await api.level(2, {sku: 1600})
+    top_agent, parent = await api.agent(top["id"])
+    created = await api.client.post(
+        "/v1/me/sub-agents",
+        json={"name": "c", "level_id": low["id"], "prices": {sku: 1700}},
+        headers=parent,
+    )
+    child = created.json()["id"]
+    cache = TermsCache(ttl_s=3600)
+    db = _CountingPool(app.state.runtime.db)
+    for quantity in (1, 10, 50, 1, 99):
+        _, found = await cache.price(db, top["id"], top_agent, sku, quantity)  # type: ignore[arg-type]
+        assert found.unit_price == (1200 if quantity >= 10 else 1500)
+    assert db.queries == 1  # the level's terms, tiers and cost basis in one statement
+    for _ in range(5):
+        _, found = await cache.price(db, low["id"], child, sku, 3)  # type: ignore[arg-type]
+        assert found.unit_price == 1700
+    assert db.queries == 3  # + the child's level, + its parent's price: once each
