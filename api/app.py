@@ -21,6 +21,7 @@ from api.routers import (
     finance,
     issuance,
     ledger,
+    levels,
     me_finance,
     notify,
     ops,
@@ -29,6 +30,7 @@ from api.routers import (
 from api.schemas import PROBLEM_RESPONSES
 from engine import __version__, idempotency
 from engine.crypto.keyring import load_keyring
+from engine.distribution.upgrades import upgrades_forever
 from engine.issuance.reconciler import Reconciler
 from engine.issuance.service import IssuanceService
 from engine.ledger.commissions import release_forever
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(OutboxWorker(runtime.db, settings).run_forever()),
             asyncio.create_task(app.state.orders.sweep_forever()),
             asyncio.create_task(release_forever(runtime.db)),
+            asyncio.create_task(upgrades_forever(runtime.db, settings.agent_upgrade_interval_s)),
         ]
         log.info("worker_started", pid=os.getpid(), version=__version__)
         try:
@@ -98,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         catalog.router,
         distribution.router,
+        levels.router,
         ledger.router,
         issuance.router,
         notify.router,

@@ -94,6 +94,16 @@ STATUS_BY_CODE: dict[str, int] = {
     "duplicate_agent": 422,
     "below_cost_basis": 422,
     "promoter_exceeds_margin": 422,
+    # engine.pricing, engine.distribution.levels / tree / sub_agents / upgrades
+    "tiers_out_of_order": 422,
+    "invalid_discount": 422,
+    "price_below_cost_basis": 409,
+    "invalid_upgrade_rule": 422,
+    "auto_downgrade_disabled": 422,
+    "agent_tree_too_deep": 409,
+    "sub_agents_not_allowed": 403,
+    "level_not_below_parent": 422,
+    "level_unchanged": 409,
     # engine.ledger
     "insufficient_balance": 402,
     "invalid_amount": 422,

@@ -122,20 +122,3 @@ class MyOrderPublic(BaseModel):
 class MyOrderPage(BaseModel):
     data: list[MyOrderPublic]
     next_cursor: str | None
-
-
-class SubAgentPublic(BaseModel):
-    id: int
-    name: str
-    level_id: int
-    status: str
-    created_at: datetime
-    issuance_count: int
-    issuance_total: int = Field(description="What it bought through the API")
-    order_count: int
-    order_total: int = Field(description="What its sub-store sold (delivered orders)")
-
-
-class SubAgentPage(BaseModel):
-    data: list[SubAgentPublic]
-    next_cursor: str | None

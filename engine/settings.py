@@ -310,6 +310,15 @@ class Settings(BaseSettings):
     order_sweep_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     # --- end orders ---------------------------------------------------------------------
 
+    # --- agent levels and tree (engine/distribution/levels.py, tree.py, upgrades.py) ----
+    agent_max_depth: Annotated[int, Field(ge=1, le=32)] = Field(
+        default=3, description="How many levels deep the agent tree may grow (top level: 1)."
+    )
+    agent_upgrade_interval_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+        default=3600.0, description="How often the level upgrade rules run."
+    )
+    # --- end agent levels ---------------------------------------------------------------
+
 
 def decode_master_key(encoded: str) -> bytes:
     """Decode a base64 master key, refusing anything that is not exactly 32 bytes."""

@@ -9,10 +9,10 @@ from starlette.responses import Response
 
 from api.deps import OperatorDep, RuntimeDep
 from api.idempotency import Written, json_response, operator_write, run_idempotent
+from api.routers.levels import level_body
 from api.schemas import (
     AgentCreate,
     AgentLevelCreate,
-    AgentLevelPublic,
     AgentPublic,
     ApiKeyCreate,
     ApiKeyCreated,
@@ -22,26 +22,22 @@ from api.schemas import (
     DepositPublic,
     Id,
 )
+from api.schemas_levels import AgentLevelDetail
 from engine import audit
 from engine.auth import ApiKeyMode
+from engine.distribution.levels import level_detail
 from engine.distribution.service import (
     Agent,
-    Level,
     create_agent,
     create_api_key,
     create_level,
     get_agent,
-    get_level,
 )
 from engine.ledger.service import deposit
 from engine.signing import configure
 from engine.storage.db import Connection
 
 router = APIRouter(prefix="/v1", tags=["distribution"])
-
-
-def _level(level: Level) -> dict[str, Any]:
-    return AgentLevelPublic(**vars(level)).model_dump(mode="json")
 
 
 def _agent(agent: Agent) -> dict[str, Any]:
@@ -51,7 +47,7 @@ def _agent(agent: Agent) -> dict[str, Any]:
 @router.post(
     "/agent-levels",
     status_code=status.HTTP_201_CREATED,
-    response_model=AgentLevelPublic,
+    response_model=AgentLevelDetail,
     summary="Create an agent level with its prices and visible SKUs",
 )
 async def create_agent_level(
@@ -65,7 +61,8 @@ async def create_agent_level(
             prices=body.prices,
             visible_skus=body.visible_skus,
         )
-        return _level(level), f"agent_level:{level.id}", None
+        # The full level (discount, tiers, rules…), as GET and PATCH show it.
+        return level_body(await level_detail(conn, level.id)), f"agent_level:{level.id}", None
 
     return await operator_write(
         request,
@@ -77,9 +74,9 @@ async def create_agent_level(
     )
 
 
-@router.get("/agent-levels/{level_id}", response_model=AgentLevelPublic, summary="An agent level")
+@router.get("/agent-levels/{level_id}", response_model=AgentLevelDetail, summary="An agent level")
 async def read_agent_level(level_id: Id, runtime: RuntimeDep, _operator: OperatorDep) -> Response:
-    return json_response(200, _level(await get_level(runtime.db, level_id)))
+    return json_response(200, level_body(await level_detail(runtime.db, level_id)))
 
 
 @router.post(
@@ -98,6 +95,7 @@ async def create(
             level_id=body.level_id,
             parent_id=body.parent_id,
             credit_limit=body.credit_limit,
+            max_depth=runtime.settings.agent_max_depth,
         )
         return _agent(agent), f"agent:{agent.id}", None
 

@@ -26,8 +26,6 @@ from api.schemas_finance import (
     MyOrderPublic,
     StatementFormat,
     StatementPage,
-    SubAgentPage,
-    SubAgentPublic,
     WithdrawalCreate,
     WithdrawalPage,
     WithdrawalPublic,
@@ -79,22 +77,6 @@ async def my_orders(
         for o in page
     ]
     next_cursor = statements.encode_cursor("ord", page[-1].id) if len(found) > limit else None
-    return json_response(200, {"data": data, "next_cursor": next_cursor})
-
-
-@router.get(
-    "/sub-agents",
-    response_model=SubAgentPage,
-    summary="My direct sub-agents and their sales totals",
-)
-async def my_sub_agents(
-    runtime: RuntimeDep, agent: AgentDep, limit: Limit = 50, cursor: Cursor = None
-) -> Response:
-    after = statements.decode_cursor(cursor, "sub", 1)[0] if cursor else None
-    found = await portal.sub_agents(runtime.db, agent.agent_id, limit=limit + 1, after_id=after)
-    page = found[:limit]
-    data = [SubAgentPublic(**asdict(s)).model_dump(mode="json") for s in page]
-    next_cursor = statements.encode_cursor("sub", page[-1].id) if len(found) > limit else None
     return json_response(200, {"data": data, "next_cursor": next_cursor})
 
 

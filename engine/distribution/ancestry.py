@@ -7,8 +7,8 @@ arithmetic). The split is computed here, before the group commit, so the commit 
 batched transaction with no per-issuance reads. An agent without a parent costs one dict
 lookup: its empty chain is cached like every other.
 
-`level_unit_cost` is the one place an ancestor's cost is read; level discounts and
-quantity tiers replace it without touching the callers.
+An ancestor's cost is its quote from engine.distribution.levels (level price or discount,
+quantity tiers, its parent's price for it), the same resolution every sale uses.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from engine.distribution.commissions import AgentCost, Sale, ShareKind, split_sale
+from engine.distribution.levels import agent_quotes
 from engine.storage.db import Executor
 
 CHAIN_TTL_S = 10.0
@@ -42,22 +43,6 @@ class CommissionShare:
     hold_days: int
 
 
-async def level_unit_cost(db: Executor, level_id: int, product_id: int, quantity: int) -> int:
-    """What an agent of `level_id` pays per unit of the product when buying `quantity`: the
-    level's price for it, else the product's price. `quantity` is for quantity tiers."""
-    del quantity  # no tiers yet: one price per level
-    cost: int | None = await db.fetchval(
-        "SELECT coalesce(lp.price, p.price) FROM products p "
-        "LEFT JOIN agent_level_prices lp ON lp.product_id = p.id AND lp.level_id = $1 "
-        "WHERE p.id = $2",
-        level_id,
-        product_id,
-    )
-    if cost is None:  # the product vanished; products are undeletable, so never in practice
-        raise LookupError(f"no product {product_id}")
-    return cost
-
-
 async def load_ancestors(db: Executor, agent_id: int) -> tuple[Ancestor, ...]:
     rows = await db.fetch(
         "WITH RECURSIVE chain AS ("
@@ -74,13 +59,14 @@ async def load_ancestors(db: Executor, agent_id: int) -> tuple[Ancestor, ...]:
 
 
 class AncestryCache:
-    """Each agent's ancestors (10 s) and each level's unit costs (2 s, like sale terms)."""
+    """Each agent's ancestors (10 s) and their unit costs (2 s, like sale terms)."""
 
     def __init__(self, chain_ttl_s: float = CHAIN_TTL_S, cost_ttl_s: float = COST_TTL_S) -> None:
         self._chain_ttl_s = chain_ttl_s
         self._cost_ttl_s = cost_ttl_s
         self._chains: dict[int, tuple[float, tuple[Ancestor, ...]]] = {}
-        self._costs: dict[tuple[int, int, int], tuple[float, int]] = {}
+        # (buyer, SKU, quantity) -> what each of the buyer's ancestors pays per unit.
+        self._costs: dict[tuple[int, str, int], tuple[float, tuple[int, ...]]] = {}
 
     async def ancestors(self, db: Executor, agent_id: int) -> tuple[Ancestor, ...]:
         now = time.monotonic()
@@ -92,22 +78,25 @@ class AncestryCache:
             self._chains[agent_id] = cached
         return cached[1]
 
-    async def _cost(self, db: Executor, level_id: int, product_id: int, quantity: int) -> int:
-        key = (level_id, product_id, quantity)
+    async def _costs_above(
+        self, db: Executor, agent_id: int, ancestors: tuple[Ancestor, ...], sku: str, quantity: int
+    ) -> tuple[int, ...]:
+        key = (agent_id, sku, quantity)
         now = time.monotonic()
         cached = self._costs.get(key)
         if cached is None or cached[0] <= now:
             if len(self._costs) >= _MAX_ENTRIES:
                 self._costs.clear()
+            quotes = await agent_quotes(db, [a.agent_id for a in ancestors], sku, quantity)
             cached = (
                 now + self._cost_ttl_s,
-                await level_unit_cost(db, level_id, product_id, quantity),
+                tuple(quotes[a.agent_id].unit_price for a in ancestors),
             )
             self._costs[key] = cached
         return cached[1]
 
     async def shares(
-        self, db: Executor, agent_id: int, product_id: int, unit_price: int, quantity: int
+        self, db: Executor, agent_id: int, sku: str, unit_price: int, quantity: int
     ) -> tuple[CommissionShare, ...]:
         """The ancestors' differentials on `agent_id` buying `quantity` at `unit_price`;
         empty for a top-level agent. Raises the split's `DomainError` when a level's price
@@ -115,10 +104,9 @@ class AncestryCache:
         ancestors = await self.ancestors(db, agent_id)
         if not ancestors:
             return ()
+        costs = await self._costs_above(db, agent_id, ancestors, sku, quantity)
         chain = [AgentCost(agent_id, unit_price)]
-        for ancestor in ancestors:
-            cost = await self._cost(db, ancestor.level_id, product_id, quantity)
-            chain.append(AgentCost(ancestor.agent_id, cost))
+        chain += [AgentCost(a.agent_id, cost) for a, cost in zip(ancestors, costs, strict=True)]
         split = split_sale(
             Sale(quantity=quantity, unit_price=unit_price, chain=tuple(chain), cost_basis=0)
         )

@@ -3,6 +3,7 @@ and its direct sub-agents with their sales. Reads only; never a card key."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -59,16 +60,11 @@ class OrderSummary:
 
 
 @dataclass(frozen=True)
-class SubAgent:
-    id: int
-    name: str
-    level_id: int
-    status: str
-    created_at: datetime
-    issuance_count: int
-    issuance_total: int
-    order_count: int
-    order_total: int
+class SalesTotals:
+    issuance_count: int = 0
+    issuance_total: int = 0
+    order_count: int = 0
+    order_total: int = 0
 
 
 async def summary(conn: Executor, agent_id: int) -> AccountSummary:
@@ -133,24 +129,17 @@ async def orders(
     return [OrderSummary(**dict(r)) for r in rows]
 
 
-async def sub_agents(
-    conn: Executor, agent_id: int, *, limit: int, after_id: int | None = None
-) -> list[SubAgent]:
-    """Direct children in id order, each with what it bought through the API and sold
-    through its sub-store (delivered orders; refunded ones no longer count)."""
+async def sales_totals(conn: Executor, agent_ids: Sequence[int]) -> dict[int, SalesTotals]:
+    """What each agent bought through the API and sold through its sub-store (delivered
+    orders; refunded ones no longer count)."""
     rows = await conn.fetch(
-        "SELECT a.id, a.name, a.level_id, a.status, a.created_at, "
-        "coalesce(i.n, 0) AS issuance_count, coalesce(i.total, 0) AS issuance_total, "
+        "SELECT a.id, coalesce(i.n, 0) AS issuance_count, coalesce(i.total, 0) AS issuance_total, "
         "coalesce(o.n, 0) AS order_count, coalesce(o.total, 0) AS order_total "
-        "FROM agents a "
+        "FROM unnest($1::bigint[]) AS a(id) "
         "LEFT JOIN LATERAL (SELECT count(*) AS n, sum(amount)::bigint AS total "
         " FROM issuances WHERE agent_id = a.id) i ON true "
         "LEFT JOIN LATERAL (SELECT count(*) AS n, sum(amount)::bigint AS total FROM orders "
-        " WHERE store_agent_id = a.id AND status = 'delivered') o ON true "
-        "WHERE a.parent_id = $1 AND ($2::bigint IS NULL OR a.id > $2) "
-        "ORDER BY a.id LIMIT $3",
-        agent_id,
-        after_id,
-        limit,
+        " WHERE store_agent_id = a.id AND status = 'delivered') o ON true",
+        list(agent_ids),
     )
-    return [SubAgent(**dict(r)) for r in rows]
+    return {r["id"]: SalesTotals(**{k: v for k, v in dict(r).items() if k != "id"}) for r in rows}

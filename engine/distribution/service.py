@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from engine.auth import ApiKeyMode, hash_secret, new_api_key
+from engine.distribution.tree import check_child_depth
 from engine.errors import DomainError
 from engine.ledger.service import AccountKind, agent_account_code, ensure_account
 from engine.storage.db import Connection, Executor
@@ -80,6 +81,7 @@ async def create_level(
         "INSERT INTO agent_level_prices (level_id, product_id, price) VALUES ($1, $2, $3)",
         [(row["id"], product_ids[sku], price) for sku, price in prices.items()],
     )
+    await check_level_floors(conn, row["id"])
     return Level(
         id=row["id"],
         name=name,
@@ -88,6 +90,13 @@ async def create_level(
         visible_skus=list(visible_skus) if visible_skus is not None else None,
         created_at=row["created_at"],
     )
+
+
+async def check_level_floors(conn: Connection, level_id: int) -> None:
+    # engine.distribution.levels imports this module; its checks are imported late.
+    from engine.distribution.levels import check_level
+
+    await check_level(conn, level_id)
 
 
 async def get_level(conn: Executor, level_id: int) -> Level:
@@ -120,6 +129,7 @@ async def create_agent(
     parent_id: int | None = None,
     credit_limit: int = 0,
     currency: str = "CNY",
+    max_depth: int | None = None,
 ) -> Agent:
     if not await conn.fetchval("SELECT 1 FROM agent_levels WHERE id = $1", level_id):
         raise DomainError(DistributionError.LEVEL_NOT_FOUND, f"No agent level {level_id}.")
@@ -127,6 +137,8 @@ async def create_agent(
         "SELECT 1 FROM agents WHERE id = $1", parent_id
     ):
         raise DomainError(DistributionError.AGENT_NOT_FOUND, f"No parent agent {parent_id}.")
+    if parent_id is not None and max_depth is not None:
+        await check_child_depth(conn, parent_id, max_depth)
     agent_id: int = await conn.fetchval(
         "INSERT INTO agents (name, level_id, parent_id, credit_limit) "
         "VALUES ($1, $2, $3, $4) RETURNING id",

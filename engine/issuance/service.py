@@ -34,7 +34,7 @@ from engine.errors import CommonError, DomainError
 from engine.inventory.pools import ensure_present
 from engine.issuance.errors import IssuanceError
 from engine.issuance.recorder import GroupCommitRecorder, Outcome, PendingIssuance, Recorded
-from engine.issuance.terms import SaleTerms, TermsCache
+from engine.issuance.terms import SaleTerms, TermsCache, below_cost_basis
 from engine.ledger.service import agent_account_code
 from engine.metrics import ISSUANCE_LATENCY, ISSUANCES
 from engine.principals import AgentKey
@@ -149,6 +149,10 @@ class IssuanceService:
     def ancestry(self) -> AncestryCache:
         return self._ancestry
 
+    @property
+    def terms(self) -> TermsCache:
+        return self._terms
+
     async def close(self) -> None:
         await self._recorder.close()
 
@@ -187,11 +191,19 @@ class IssuanceService:
         idempotency_key: str,
         request_hash: bytes,
     ) -> Issuance:
-        terms = await self._terms.terms(self._db, agent.level_id, sku)
-        amount = terms.unit_price * quantity
+        # The level's price for this quantity (tiers), a parent's price, the cost floor.
+        terms, price = await self._terms.price(
+            self._db, agent.level_id, agent.agent_id, sku, quantity
+        )
+        amount = price.amount
+        if not price.covers_cost_basis:
+            replay = await self._stored(agent.agent_id, idempotency_key)
+            if replay is not None:
+                return await self._replay(agent.agent_id, replay, request_hash)
+            raise below_cost_basis(sku)
         # Before the take: a tree priced out of order refuses the sale with nothing taken.
         commissions = await self._ancestry.shares(
-            self._db, agent.agent_id, terms.product_id, terms.unit_price, quantity
+            self._db, agent.agent_id, sku, price.unit_price, quantity
         )
         if amount > 0 and not await self._balances.covers(self._db, agent.agent_id, amount):
             # A retry of a committed request must still replay, whatever the balance now.
@@ -209,7 +221,7 @@ class IssuanceService:
             request_hash=request_hash,
             product_id=terms.product_id,
             sku=sku,
-            unit_price=terms.unit_price,
+            unit_price=price.unit_price,
             currency=terms.currency,
             reference=reference,
             holder=holder,

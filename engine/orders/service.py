@@ -33,6 +33,7 @@ from engine._core import HoldNotFound, OutOfStock, Pool
 from engine.catalog.service import get_product
 from engine.crypto.keyring import Keyring
 from engine.distribution.commissions import AgentCost, Sale, Split, split_sale
+from engine.distribution.levels import agent_quotes, agent_unit_cost, check_sale_floor
 from engine.errors import DomainError
 from engine.inventory.pools import ensure_present
 from engine.issuance.errors import IssuanceError
@@ -46,6 +47,7 @@ from engine.payments.base import (
     PaymentProvider,
     PaymentProviderError,
 )
+from engine.pricing.store import cost_basis
 from engine.settings import Settings
 from engine.storage.db import Connection
 
@@ -264,11 +266,9 @@ class OrderService:
         if new.store is None:
             return None, product_price, None
         row = await conn.fetchrow(
-            "SELECT a.id, s.price AS retail, lp.price AS cost, l.visible_skus FROM agents a "
+            "SELECT a.id, s.price AS retail, l.visible_skus FROM agents a "
             "JOIN agent_levels l ON l.id = a.level_id "
             "LEFT JOIN store_prices s ON s.agent_id = a.id AND s.product_id = $2 "
-            "LEFT JOIN agent_level_prices lp ON lp.level_id = a.level_id "
-            "AND lp.product_id = $2 "
             "WHERE a.store_slug = $1 AND a.status = 'active'",
             new.store,
             product_id,
@@ -279,7 +279,9 @@ class OrderService:
             raise DomainError(
                 IssuanceError.PRODUCT_NOT_VISIBLE, f"Store {new.store} does not sell {new.sku}."
             )
-        cost = row["cost"] if row["cost"] is not None else product_price
+        # What the agent pays for this quantity: its level's price and tiers, its parent's
+        # price for it (engine.distribution.levels, the resolution every path uses).
+        cost = await agent_unit_cost(conn, int(row["id"]), new.sku, new.quantity)
         retail = row["retail"] if row["retail"] is not None else product_price
         # Retail below cost is refused by the sale's split (`_split`), with every level.
         return int(row["id"]), int(retail), int(cost)
@@ -297,23 +299,23 @@ class OrderService:
         (before anyone pays) when a level's price is out of order."""
         rows = await conn.fetch(
             "WITH RECURSIVE chain AS ("
-            " SELECT id, parent_id, level_id, 0 AS depth FROM agents WHERE id = $1"
-            " UNION ALL SELECT a.id, a.parent_id, a.level_id, c.depth + 1 FROM agents a"
-            " JOIN chain c ON a.id = c.parent_id WHERE c.depth < $4) "
-            "SELECT c.id, coalesce(lp.price, $3) AS cost FROM chain c "
-            "LEFT JOIN agent_level_prices lp ON lp.level_id = c.level_id "
-            "AND lp.product_id = $2 ORDER BY c.depth",
+            " SELECT id, parent_id, 0 AS depth FROM agents WHERE id = $1"
+            " UNION ALL SELECT a.id, a.parent_id, c.depth + 1 FROM agents a"
+            " JOIN chain c ON a.id = c.parent_id WHERE c.depth < $2) "
+            "SELECT id FROM chain ORDER BY depth",
             store_agent,
-            product_id,
-            product_price,
             _MAX_TREE_DEPTH,
         )
+        path = [r["id"] for r in rows]
+        quotes = await agent_quotes(conn, path, new.sku, new.quantity)
+        # A batch dearer than a level's price, arrived after the price was set.
+        check_sale_floor(quotes, new.sku)
         return split_sale(
             Sale(
                 quantity=new.quantity,
                 unit_price=unit_price,
-                chain=tuple(AgentCost(r["id"], r["cost"]) for r in rows),
-                cost_basis=0,
+                chain=tuple(AgentCost(a, quotes[a].unit_price) for a in path),
+                cost_basis=await cost_basis(conn, product_id),
             )
         )
 

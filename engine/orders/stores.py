@@ -1,7 +1,7 @@
 """Sub-stores: an agent's own storefront — a slug, a title and its retail prices.
 
 A store sells at its retail price (or the product price where it sets none) and never
-below what its agent pays for the key: the agent level's price, else the product price.
+below what its agent pays for the key (engine.distribution.levels.agent_unit_cost).
 The difference is the agent's margin, credited to its balance when an order is paid.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from engine.distribution.levels import agent_unit_cost
 from engine.distribution.service import DistributionError, get_agent
 from engine.errors import DomainError
 from engine.orders.errors import OrderError
@@ -43,12 +44,7 @@ async def set_store(
     if taken is not None:
         raise DomainError(OrderError.STORE_SLUG_TAKEN, f"The store slug {slug} is taken.")
     rows = await conn.fetch(
-        "SELECT p.id, p.sku, p.price AS product_price, lp.price AS level_price "
-        "FROM products p JOIN agents a ON a.id = $2 "
-        "LEFT JOIN agent_level_prices lp ON lp.level_id = a.level_id AND lp.product_id = p.id "
-        "WHERE p.sku = ANY($1::text[])",
-        list(prices),
-        agent_id,
+        "SELECT id, sku FROM products WHERE sku = ANY($1::text[])", list(prices)
     )
     found = {r["sku"]: r for r in rows}
     missing = sorted(set(prices) - found.keys())
@@ -56,11 +52,13 @@ async def set_store(
         raise DomainError(
             DistributionError.UNKNOWN_SKU, f"No product with SKU {', '.join(missing[:10])}."
         )
-    below = {
-        sku: cost
-        for sku, price in prices.items()
-        if price < (cost := found[sku]["level_price"] or found[sku]["product_price"])
-    }
+    below = {}
+    for sku, price in prices.items():
+        # Its cost for a single unit (its highest: tiers only lower it), a parent's price
+        # for it included.
+        cost = await agent_unit_cost(conn, agent_id, sku, 1)
+        if price < cost:
+            below[sku] = cost
     if below:
         raise DomainError(
             OrderError.PRICE_BELOW_COST,
