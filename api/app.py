@@ -15,7 +15,17 @@ from fastapi.openapi.utils import get_openapi
 
 from api import problems
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routers import catalog, distribution, issuance, ledger, notify, ops, orders
+from api.routers import (
+    catalog,
+    distribution,
+    issuance,
+    keys,
+    ledger,
+    notify,
+    ops,
+    orders,
+    promoters,
+)
 from api.schemas import PROBLEM_RESPONSES
 from engine import __version__, idempotency
 from engine.crypto.keyring import load_keyring
@@ -26,6 +36,7 @@ from engine.notify.worker import OutboxWorker
 from engine.orders.service import OrderService
 from engine.payments.registry import build_providers
 from engine.principals import PrincipalCache
+from engine.ratelimit import RateLimiter
 from engine.runtime import Runtime
 from engine.settings import Settings
 
@@ -52,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = await Runtime.open(settings)
         app.state.runtime = runtime
         app.state.principals = PrincipalCache()
+        app.state.rate_limiter = RateLimiter(runtime.redis, settings.redis_namespace)
         async with runtime.db.acquire() as conn:
             app.state.keyring = await load_keyring(conn, runtime.master_key)
         app.state.issuance = IssuanceService(runtime.db, runtime.pool, app.state.keyring)
@@ -90,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         issuance.router,
         notify.router,
         orders.router,
+        keys.router,
+        promoters.router,
     ):
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -54,6 +54,12 @@ class OrderCreate(BaseModel):
     store: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     locale: Literal["zh-CN", "en"] = "zh-CN"
     device: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[ -~]+$")
+    promoter: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{4,32}$",
+        description="A promoter's link code (推广员): the order is attributed to it and its "
+        "commission is part of the sale's split.",
+    )
 
 
 class OrderCreated(BaseModel):
@@ -155,6 +161,7 @@ async def create_order(body: OrderCreate, request: Request, runtime: RuntimeDep)
         client_ip=_client_ip(request),
         device=body.device,
         locale=body.locale,
+        promoter=body.promoter,
     )
 
     async def work() -> Response:

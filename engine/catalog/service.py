@@ -90,19 +90,23 @@ class StockCounts:
     issued: int
 
 
-async def stock_counts(conn: Executor, product_id: int) -> StockCounts:
-    """Counts by state from PostgreSQL, the source of truth (revoked keys are not stock).
+async def stock_counts(conn: Executor, product_id: int, mode: str = "live") -> StockCounts:
+    """Counts by state from PostgreSQL, the source of truth (revoked keys are not stock),
+    of the live stock or the test (sandbox) stock.
 
     Only keys that left 'available' are indexed by state; the available ones are the
     batches' accepted total minus every other state.
     """
     total = await conn.fetchval(
-        "SELECT coalesce(sum(accepted), 0) FROM batches WHERE product_id = $1", product_id
+        "SELECT coalesce(sum(accepted), 0) FROM batches WHERE product_id = $1 AND mode = $2",
+        product_id,
+        mode,
     )
     rows = await conn.fetch(
-        "SELECT state, count(*) AS n FROM card_keys "
-        "WHERE product_id = $1 AND state <> 'available' GROUP BY state",
+        "SELECT k.state, count(*) AS n FROM card_keys k JOIN batches b ON b.id = k.batch_id "
+        "WHERE k.product_id = $1 AND k.state <> 'available' AND b.mode = $2 GROUP BY k.state",
         product_id,
+        mode,
     )
     counts = {row["state"]: row["n"] for row in rows}
     return StockCounts(

@@ -18,6 +18,7 @@ import asyncpg
 import structlog
 
 from engine._core import EngineError, Pool
+from engine.inventory.pools import pool_name
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,8 @@ class Reconciler:
                 restored = 0
                 for sku in skus:
                     restored += await self._reconcile(conn, sku)
+                    # The sandbox's pool of the product (test stock) has takers too.
+                    restored += await self._reconcile(conn, pool_name(sku, "test"))
                 return restored
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)

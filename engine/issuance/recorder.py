@@ -33,6 +33,7 @@ from engine.ledger.service import (
     AccountKind,
     agent_account_code,
     ensure_account,
+    revenue_account_code,
 )
 from engine.metrics import FLUSH_LATENCY, FLUSH_SIZE, INTEGRITY_ALARMS
 
@@ -61,6 +62,13 @@ class PendingIssuance:
     reference: str | None
     holder: str
     entry_ids: list[int]
+    # "test": a sandbox key's issuance, paid from the agent's test balance.
+    mode: str = "live"
+
+    @property
+    def payer(self) -> tuple[int, str]:
+        """The account that pays: the agent's live or test balance."""
+        return (self.agent_id, self.mode)
 
     @property
     def quantity(self) -> int:
@@ -101,7 +109,7 @@ class GroupCommitRecorder:
         self._max_flush = max_flush
         self._queue: list[_Slot] = []
         self._runner: asyncio.Task[None] | None = None
-        self._revenue_accounts: dict[str, int] = {}
+        self._revenue_accounts: dict[tuple[str, str], int] = {}
 
     async def record(self, item: PendingIssuance) -> Recorded:
         future: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
@@ -152,13 +160,17 @@ class GroupCommitRecorder:
                     skus=sorted({items[p].sku for p in mismatch.positions}),
                 )
 
-    async def _revenue_account(self, conn: Any, currency: str) -> int:
-        account = self._revenue_accounts.get(currency)
+    async def _revenue_account(self, conn: Any, currency: str, mode: str) -> int:
+        account = self._revenue_accounts.get((currency, mode))
         if account is None:
             account = await ensure_account(
-                conn, f"platform:revenue:{currency}", AccountKind.REVENUE, currency=currency
+                conn,
+                revenue_account_code(currency, mode),
+                AccountKind.REVENUE,
+                currency=currency,
+                mode=mode,
             )
-            self._revenue_accounts[currency] = account
+            self._revenue_accounts[(currency, mode)] = account
         return account
 
     async def _flush_once(  # noqa: PLR0915 - one transaction, read top to bottom
@@ -171,23 +183,26 @@ class GroupCommitRecorder:
         live = [i for i in range(len(items)) if i not in alarmed]
         async with self._db.acquire() as conn, conn.transaction():
             revenue = {
-                c: await self._revenue_account(conn, c) for c in {items[i].currency for i in live}
+                (c, m): await self._revenue_account(conn, c, m)
+                for c, m in {(items[i].currency, items[i].mode) for i in live}
             }
             # 1. Balances, locked in account-id order so concurrent flushes cannot deadlock.
-            agent_ids = sorted({items[i].agent_id for i in live})
+            # Keyed by payer (agent, mode): a test key spends the agent's test balance.
+            payers = sorted({items[i].payer for i in live})
+            payer_of_code = {agent_account_code(a, m): (a, m) for a, m in payers}
             rows = await conn.fetch(
-                "SELECT acc.id, acc.agent_id, acc.balance, a.credit_limit FROM accounts acc "
+                "SELECT acc.id, acc.code, acc.balance, a.credit_limit FROM accounts acc "
                 "JOIN agents a ON a.id = acc.agent_id WHERE acc.code = ANY($1::text[]) "
                 "ORDER BY acc.id FOR UPDATE OF acc",
-                [agent_account_code(a) for a in agent_ids],
+                list(payer_of_code),
             )
-            account_of = {r["agent_id"]: r["id"] for r in rows}
-            balance = {r["agent_id"]: r["balance"] for r in rows}
-            limit = {r["agent_id"]: r["credit_limit"] for r in rows}
+            account_of = {payer_of_code[r["code"]]: r["id"] for r in rows}
+            balance = {payer_of_code[r["code"]]: r["balance"] for r in rows}
+            limit = {payer_of_code[r["code"]]: r["credit_limit"] for r in rows}
             accepted: list[int] = []
             for i in live:
                 item = items[i]
-                agent = item.agent_id
+                agent = item.payer
                 if agent not in account_of:
                     results[i] = Recorded(Outcome.INSUFFICIENT_BALANCE, balance_after=0)
                     continue
@@ -205,10 +220,10 @@ class GroupCommitRecorder:
             inserted = await conn.fetch(
                 "INSERT INTO issuances (public_id, agent_id, api_key_id, idempotency_key, "
                 "request_hash, product_id, sku, quantity, unit_price, amount, currency, reference, "
-                "holder) "
+                "holder, mode) "
                 "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], "
                 "$5::bytea[], $6::bigint[], $7::text[], $8::int[], $9::bigint[], $10::bigint[], "
-                "$11::text[], $12::text[], $13::text[]) "
+                "$11::text[], $12::text[], $13::text[], $14::text[]) "
                 "ON CONFLICT DO NOTHING "
                 "RETURNING id, public_id, created_at",
                 [public_ids[i] for i in accepted],
@@ -224,6 +239,7 @@ class GroupCommitRecorder:
                 [items[i].currency for i in accepted],
                 [items[i].reference for i in accepted],
                 [items[i].holder for i in accepted],
+                [items[i].mode for i in accepted],
             )
             by_public = {r["public_id"]: r for r in inserted}
             committed: list[int] = []
@@ -231,7 +247,7 @@ class GroupCommitRecorder:
                 row = by_public.get(public_ids[i])
                 if row is None:
                     results[i] = Recorded(Outcome.REPLAY)
-                    balance[items[i].agent_id] -= items[i].amount
+                    balance[items[i].payer] -= items[i].amount
                 else:
                     committed.append(i)
             if not committed:
@@ -291,8 +307,8 @@ class GroupCommitRecorder:
                 public_id=row["public_id"],
                 created_at=row["created_at"],
                 expires_at={e: batch_expiry.get(batch_ids[e]) for e in items[i].entry_ids},
-                balance_after=-balance[items[i].agent_id],
-                spendable_after=limit[items[i].agent_id] - balance[items[i].agent_id],
+                balance_after=-balance[items[i].payer],
+                spendable_after=limit[items[i].payer] - balance[items[i].payer],
             )
         return [r if r is not None else Recorded(Outcome.REPLAY) for r in results]
 
@@ -302,8 +318,8 @@ class GroupCommitRecorder:
         items: list[PendingIssuance],
         committed: list[int],
         public_ids: dict[int, str],
-        account_of: dict[int, int],
-        revenue: dict[str, int],
+        account_of: dict[tuple[int, str], int],
+        revenue: dict[tuple[str, str], int],
     ) -> None:
         paid = [i for i in committed if items[i].amount > 0]
         if not paid:
@@ -320,8 +336,8 @@ class GroupCommitRecorder:
         delta: dict[int, int] = defaultdict(int)
         for i in paid:
             entry = entry_of[public_ids[i]]
-            debit_account = account_of[items[i].agent_id]
-            credit_account = revenue[items[i].currency]
+            debit_account = account_of[items[i].payer]
+            credit_account = revenue[(items[i].currency, items[i].mode)]
             amount = items[i].amount
             line_entry += [entry, entry]
             line_account += [debit_account, credit_account]

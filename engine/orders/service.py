@@ -33,6 +33,7 @@ from engine._core import HoldNotFound, OutOfStock, Pool
 from engine.catalog.service import get_product
 from engine.crypto.keyring import Keyring
 from engine.distribution.commissions import AgentCost, Sale, Split, split_sale
+from engine.distribution.promoters import Promoter, promoter_for_order
 from engine.errors import DomainError
 from engine.inventory.pools import ensure_present
 from engine.issuance.errors import IssuanceError
@@ -91,6 +92,8 @@ class NewOrder:
     client_ip: str | None = None
     device: str | None = None
     locale: str = "zh-CN"
+    # A promoter's link code: the order is attributed to it and pays its commission.
+    promoter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,9 +176,16 @@ class OrderService:
                 raise DomainError(IssuanceError.PRODUCT_UNAVAILABLE, f"{new.sku} is not on sale.")
             store_agent, unit_price, agent_cost = await self._price(conn, product.id, new)
             amount = unit_price * new.quantity
+            promoter = (
+                await promoter_for_order(conn, new.promoter, store_agent)
+                if new.promoter is not None
+                else None
+            )
             split = (
-                await self._split(conn, product.id, product.price, store_agent, unit_price, new)
-                if store_agent is not None
+                await self._split(
+                    conn, product.id, product.price, store_agent, unit_price, new, promoter
+                )
+                if store_agent is not None or promoter is not None
                 else None
             )
             async with conn.transaction():
@@ -186,9 +196,9 @@ class OrderService:
                         "INSERT INTO orders (order_no, lookup_hash, product_id, sku, quantity, "
                         "unit_price, amount, currency, store_agent_id, agent_unit_cost, "
                         "contact_kind, contact, contact_hash, client_ip, device, locale, "
-                        "payment_method, holder, expires_at, created_at) VALUES ($1, $2, $3, "
-                        "$4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
-                        "$18, $19, $20)",
+                        "payment_method, holder, expires_at, created_at, promoter_agent_id) "
+                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+                        "$15, $16, $17, $18, $19, $20, $21)",
                         order_no,
                         token_hash(token),
                         product.id,
@@ -209,6 +219,7 @@ class OrderService:
                         holder,
                         expires_at,
                         now,
+                        promoter.agent_id if promoter is not None else None,
                     )
                     if split is not None:
                         await _store_shares(conn, order_no, split)
@@ -288,12 +299,14 @@ class OrderService:
         conn: Connection,
         product_id: int,
         product_price: int,
-        store_agent: int,
+        store_agent: int | None,
         unit_price: int,
         new: NewOrder,
+        promoter: Promoter | None = None,
     ) -> Split:
-        """The sale's split up the store agent's tree, at today's level prices; refused
-        (before anyone pays) when a level's price is out of order."""
+        """The sale's split up the store agent's tree (none for a direct sale), at today's
+        level prices, with the promoter's commission; refused (before anyone pays) when a
+        level's price is out of order or the commission exceeds the seller's margin."""
         rows = await conn.fetch(
             "WITH RECURSIVE chain AS ("
             " SELECT id, parent_id, level_id, 0 AS depth FROM agents WHERE id = $1"
@@ -313,6 +326,7 @@ class OrderService:
                 unit_price=unit_price,
                 chain=tuple(AgentCost(r["id"], r["cost"]) for r in rows),
                 cost_basis=0,
+                promoter=promoter.terms if promoter is not None else None,
             )
         )
 
@@ -950,7 +964,12 @@ async def _store_shares(conn: Connection, order_no: str, split: Split) -> None:
 
 
 def _agent_of(party: str) -> int | None:
-    return int(party.removeprefix("agent:")) if party.startswith("agent:") else None
+    # A promoter's party carries its agent id (engine.distribution.promoters): its share
+    # is credited to that agent's balance like the tree's.
+    for prefix in ("agent:", "promoter:"):
+        if party.startswith(prefix):
+            return int(party.removeprefix(prefix))
+    return None
 
 
 def _merge(lines: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -1,0 +1,221 @@
+"""Promoters (推广员): agents paid a commission on the orders their link code brings.
+
+A promoter is an agent — it has a balance the commission is credited to and an API key to
+read its own earnings — with a row in `promoters`: its link code and its commission, a
+rate in basis points of the sale or a fixed amount per unit (exactly one). It holds no
+stock. The commission is part of the order's split (`commissions.split_sale`), fixed when
+the order is placed, credited when it is paid and reversed by a refund, with the rest of
+the split (engine.orders.service). A promoter scoped to a store (`store_agent_id`) counts
+only on that store's orders: the store pays the commission out of its margin, so nobody
+else's margin can be charged for a link it never agreed to.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import asyncpg
+
+from engine.distribution.commissions import CommissionError
+from engine.distribution.commissions import Promoter as PromoterTerms
+from engine.distribution.service import DistributionError
+from engine.errors import CommonError, DomainError
+from engine.storage.db import Connection, Executor
+
+
+class PromoterError(StrEnum):
+    PROMOTER_NOT_FOUND = "promoter_not_found"
+    PROMOTER_EXISTS = "promoter_exists"
+    PROMOTER_CODE_TAKEN = "promoter_code_taken"
+    PROMOTER_NOT_FOR_STORE = "promoter_not_for_store"
+
+
+@dataclass(frozen=True)
+class Promoter:
+    agent_id: int
+    code: str
+    rate_bp: int | None
+    per_unit: int | None
+    store_agent_id: int | None
+    status: str
+    created_at: datetime
+
+    @property
+    def terms(self) -> PromoterTerms:
+        # The promoter's party in a split is its agent id, so its share is credited to
+        # that agent's balance like any other share.
+        return PromoterTerms(self.agent_id, rate_bp=self.rate_bp, per_unit=self.per_unit)
+
+
+@dataclass(frozen=True)
+class Earnings:
+    """Commission by the state of the orders it came from (minor units)."""
+
+    earned: int  # paid orders: credited to the promoter's balance
+    pending: int  # unpaid orders that may still pay
+    reversed: int  # refunded orders: credited, then taken back
+    orders: int  # every attributed order
+
+
+@dataclass(frozen=True)
+class AttributedOrder:
+    order_no: str
+    status: str
+    sku: str
+    quantity: int
+    amount: int
+    currency: str
+    commission: int
+    store_agent_id: int | None
+    created_at: datetime
+
+
+_COLUMNS = "agent_id, code, rate_bp, per_unit, store_agent_id, status, created_at"
+
+
+async def create_promoter(
+    conn: Connection,
+    *,
+    agent_id: int,
+    code: str | None,
+    rate_bp: int | None,
+    per_unit: int | None,
+    store_agent_id: int | None,
+) -> Promoter:
+    # The check split_sale makes at sale time, now, so a bad rule is never stored.
+    _validate_terms(agent_id, rate_bp, per_unit)
+    for agent in {agent_id, store_agent_id} - {None}:
+        if not await conn.fetchval("SELECT 1 FROM agents WHERE id = $1", agent):
+            raise DomainError(DistributionError.AGENT_NOT_FOUND, f"No agent {agent}.")
+    if await conn.fetchval("SELECT 1 FROM promoters WHERE agent_id = $1", agent_id):
+        raise DomainError(PromoterError.PROMOTER_EXISTS, f"Agent {agent_id} is a promoter already.")
+    try:
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO promoters (agent_id, code, rate_bp, per_unit, store_agent_id) "  # noqa: S608
+                f"VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
+                agent_id,
+                code or _new_code(),
+                rate_bp,
+                per_unit,
+                store_agent_id,
+            )
+    except asyncpg.UniqueViolationError:
+        raise DomainError(
+            PromoterError.PROMOTER_CODE_TAKEN, "This promoter code is taken; choose another."
+        ) from None
+    assert row is not None
+    return Promoter(**dict(row))
+
+
+def _validate_terms(agent_id: int, rate_bp: int | None, per_unit: int | None) -> None:
+    if (rate_bp is None) == (per_unit is None):
+        raise DomainError(
+            CommissionError.INVALID_PROMOTER,
+            "A promoter is paid either rate_bp or per_unit, exactly one.",
+            promoter_id=agent_id,
+        )
+
+
+def _new_code() -> str:
+    # 48 random bits: not guessable, short enough for a link.
+    return secrets.token_urlsafe(6)
+
+
+async def get_promoter(conn: Executor, agent_id: int) -> Promoter:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM promoters WHERE agent_id = $1", agent_id)  # noqa: S608
+    if row is None:
+        raise DomainError(PromoterError.PROMOTER_NOT_FOUND, f"Agent {agent_id} is no promoter.")
+    return Promoter(**dict(row))
+
+
+async def promoter_for_order(conn: Executor, code: str, store_agent_id: int | None) -> Promoter:
+    """The active promoter of a link code, if it may be paid on this order."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM promoters WHERE code = $1 AND status = 'active'",  # noqa: S608
+        code,
+    )
+    if row is None:
+        raise DomainError(PromoterError.PROMOTER_NOT_FOUND, "No active promoter with this code.")
+    promoter = Promoter(**dict(row))
+    if promoter.store_agent_id is not None and promoter.store_agent_id != store_agent_id:
+        raise DomainError(
+            PromoterError.PROMOTER_NOT_FOR_STORE,
+            "This promoter code is not valid for this store.",
+        )
+    return promoter
+
+
+async def earnings(conn: Executor, agent_id: int) -> Earnings:
+    row = await conn.fetchrow(
+        "SELECT "
+        "coalesce(sum(s.amount) FILTER (WHERE o.status IN ('paid', 'delivered') "
+        "AND NOT o.refund_due), 0) AS earned, "
+        "coalesce(sum(s.amount) FILTER (WHERE o.status = 'pending_payment'), 0) AS pending, "
+        "coalesce(sum(s.amount) FILTER (WHERE o.status = 'refunded'), 0) AS reversed, "
+        "count(DISTINCT o.id) AS orders "
+        "FROM orders o LEFT JOIN order_shares s ON s.order_id = o.id AND s.kind = 'promoter' "
+        "AND s.agent_id = $1 WHERE o.promoter_agent_id = $1",
+        agent_id,
+    )
+    assert row is not None
+    return Earnings(
+        earned=int(row["earned"]),
+        pending=int(row["pending"]),
+        reversed=int(row["reversed"]),
+        orders=int(row["orders"]),
+    )
+
+
+async def attributed_orders(
+    conn: Executor, agent_id: int, *, limit: int, cursor: str | None
+) -> tuple[list[AttributedOrder], str | None]:
+    """The promoter's orders, newest first, with the commission each carries."""
+    before = _decode_cursor(cursor)
+    rows = await conn.fetch(
+        "SELECT o.id, o.order_no, o.status, o.sku, o.quantity, o.amount, o.currency, "
+        "o.store_agent_id, o.created_at, coalesce(sum(s.amount), 0) AS commission "
+        "FROM orders o LEFT JOIN order_shares s ON s.order_id = o.id AND s.kind = 'promoter' "
+        "AND s.agent_id = $1 WHERE o.promoter_agent_id = $1 AND ($2::bigint IS NULL OR o.id < $2) "
+        "GROUP BY o.id ORDER BY o.id DESC LIMIT $3",
+        agent_id,
+        before,
+        limit + 1,
+    )
+    page = rows[:limit]
+    next_cursor = _encode_cursor(page[-1]["id"]) if len(rows) > limit else None
+    return [
+        AttributedOrder(
+            order_no=r["order_no"],
+            status=r["status"],
+            sku=r["sku"],
+            quantity=r["quantity"],
+            amount=r["amount"],
+            currency=r["currency"],
+            commission=int(r["commission"]),
+            store_agent_id=r["store_agent_id"],
+            created_at=r["created_at"],
+        )
+        for r in page
+    ], next_cursor
+
+
+def _encode_cursor(order_id: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{order_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        value = int(text[2:]) if text.startswith("o:") else 0
+    except (ValueError, UnicodeDecodeError):
+        value = 0
+    if not 0 < value < 2**63:
+        raise DomainError(CommonError.INVALID_REQUEST, "The cursor is not valid.")
+    return value
