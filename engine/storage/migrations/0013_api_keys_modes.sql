@@ -42,4 +42,8 @@ CREATE TABLE promoters (
 );
 
 ALTER TABLE orders ADD COLUMN promoter_agent_id bigint REFERENCES agents (id);
+-- A storefront testing with a test key places test orders: test stock, the sandbox
+-- provider only, and the sandbox's accounts.
+ALTER TABLE orders
+    ADD COLUMN mode text NOT NULL DEFAULT 'live' CHECK (mode IN ('live', 'test'));
 CREATE INDEX orders_promoter ON orders (promoter_agent_id, id) WHERE promoter_agent_id IS NOT NULL;

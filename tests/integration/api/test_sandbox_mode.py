@@ -227,3 +227,116 @@ async def test_a_bad_mode_is_refused_and_changes_nothing(client: httpx.AsyncClie
         "test_stock": {"available": 3, "held": 0, "issued": 0},
     }
     assert await box.agent() == {"balance": 100_000, "test_balance": 10_000}
+
+
+# ---------------------------------------------------------------------------- test orders
+
+
+@pytest.fixture
+async def shop_client(settings: Settings, operator_token: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An app with the sandbox payment provider on (test orders pay there only)."""
+    app = create_app(settings.model_copy(update={"sandbox": True}))
+    async with app.router.lifespan_context(app):
+        ip = "10.7." + ".".join(str(secrets.randbelow(256)) for _ in range(2))
+        transport = httpx.ASGITransport(app=app, client=(ip, 5000))
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://kami.test",
+            headers={"Authorization": f"Bearer {operator_token}"},
+        ) as c:
+            yield c
+
+
+async def _place(
+    client: httpx.AsyncClient,
+    sku: str,
+    quantity: int,
+    key: str | None,
+    *,
+    store: str | None = None,
+    payment_method: str = "sandbox",
+) -> httpx.Response:
+    body: dict[str, object] = {
+        "sku": sku,
+        "quantity": quantity,
+        "contact": {"email": f"t-{secrets.token_hex(4)}@example.com"},
+        "payment_method": payment_method,
+    }
+    if store is not None:
+        body["store"] = store
+    # A buyer sends no credentials: drop the operator's default header, or send the key.
+    headers = {"Authorization": f"Bearer {key}"} if key else {"Authorization": ""}
+    return await client.post("/v1/orders", json=body, headers=headers)
+
+
+async def test_a_test_key_places_test_orders_on_test_stock(
+    shop_client: httpx.AsyncClient,
+) -> None:
+    client = shop_client
+    box = await _sandbox(client, live=3, test=2)
+    order = await _place(client, box.sku, 2, box.test_key)
+    assert order.status_code == 201, order.text
+    no, token = order.json()["order_no"], order.json()["lookup_token"]
+    assert (await box.product())["stock"] == {"available": 3, "held": 0, "issued": 0}
+    paid = await client.post(f"/v1/payments/sandbox/{no}/pay")
+    assert paid.json()["result"] == "delivered", paid.text
+    view = (await client.get(f"/v1/orders/{no}", params={"token": token})).json()
+    assert set(view["keys"]) == box.test_codes
+    assert await box.product() == {
+        "stock": {"available": 3, "held": 0, "issued": 0},
+        "test_stock": {"available": 0, "held": 0, "issued": 2},
+    }
+    # Test stock is gone; a live order still gets live stock, a test order nothing.
+    sold_out = await _place(client, box.sku, 1, box.test_key)
+    assert sold_out.status_code == 409 and sold_out.json()["code"] == "out_of_stock"
+    live = await _place(client, box.sku, 1, None)
+    assert live.status_code == 201, live.text
+    await client.post(f"/v1/payments/sandbox/{live.json()['order_no']}/pay")
+    live_view = (
+        await client.get(
+            f"/v1/orders/{live.json()['order_no']}",
+            params={"token": live.json()["lookup_token"]},
+        )
+    ).json()
+    assert set(live_view["keys"]) <= box.live_codes
+    for mode in ("live", "test"):
+        totals = (await client.get("/v1/ledger/trial-balance", params={"mode": mode})).json()
+        assert totals["balanced"] is True, (mode, totals)
+
+    refund = await client.post(f"/v1/orders/{no}/refund", json={"reason": "sandbox"})
+    assert refund.status_code == 200, refund.text
+    for mode in ("live", "test"):
+        totals = (await client.get("/v1/ledger/trial-balance", params={"mode": mode})).json()
+        assert totals["balanced"] is True, (mode, totals)
+
+
+async def test_a_test_store_order_credits_test_balances_only(
+    shop_client: httpx.AsyncClient,
+) -> None:
+    client = shop_client
+    box = await _sandbox(client, live=1, test=2)
+    slug = f"sbx-{secrets.token_hex(3)}"
+    store = await client.post(
+        f"/v1/agents/{box.agent_id}/store",
+        json={"slug": slug, "title": "沙盒店", "prices": {box.sku: PRICE + 300}},
+    )
+    assert store.status_code == 201, store.text
+    before = await box.agent()
+    order = await _place(client, box.sku, 2, box.test_key, store=slug)
+    assert order.status_code == 201, order.text
+    await client.post(f"/v1/payments/sandbox/{order.json()['order_no']}/pay")
+    after = await box.agent()
+    # The margin 2 x 300 lands in the test balance; the live balance does not move.
+    assert after == {"balance": before["balance"], "test_balance": before["test_balance"] + 600}
+
+
+async def test_test_orders_never_use_real_providers_or_bad_keys(
+    shop_client: httpx.AsyncClient,
+) -> None:
+    client = shop_client
+    box = await _sandbox(client, live=1, test=1)
+    real = await _place(client, box.sku, 1, box.test_key, payment_method="alipay")
+    assert real.status_code == 422 and real.json()["code"] == "payment_method_unavailable"
+    forged = await _place(client, box.sku, 1, "kami_test_" + secrets.token_urlsafe(32))
+    assert forged.status_code == 401 and forged.json()["code"] == "unauthenticated"
+    assert (await box.product())["test_stock"] == {"available": 1, "held": 0, "issued": 0}
