@@ -6,6 +6,7 @@ grace periods and cache lifetimes are crossed without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -272,3 +273,28 @@ async def test_key_writes_need_an_operator_and_are_idempotent(shop: Shop) -> Non
         f"/v1/api-keys/{key_id}/rotate", json={"grace_s": -1}, headers=shop.operator
     )
     assert bad.status_code == 422
+
+
+async def test_concurrent_requests_never_exceed_the_limit(app: FastAPI, shop: Shop) -> None:
+    # Every request lands in one frozen second: exactly the limit gets through, whatever
+    # the interleaving (INCR is atomic in Redis, shared by every worker).
+    app.state.rate_limiter = RateLimiter(
+        app.state.runtime.redis, app.state.settings.redis_namespace, clock=Clock(3_000_000.25)
+    )
+    _, key = await _new_key(shop, rate_limit_per_s=7)
+    responses = await asyncio.gather(*(_issue(shop, key) for _ in range(20)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] * 7 + [429] * 13
+    assert (await shop.stock())["issued"] == 7
+
+
+async def test_concurrent_rotations_leave_one_successor(shop: Shop) -> None:
+    key_id, _ = await _new_key(shop)
+    responses = await asyncio.gather(
+        *(
+            shop.client.post(f"/v1/api-keys/{key_id}/rotate", headers=shop.operator)
+            for _ in range(4)
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [201, 409, 409, 409]
+    assert {r.json()["code"] for r in responses if r.status_code == 409} == {"rotation_in_progress"}
