@@ -79,6 +79,7 @@ class AttributedOrderPublic(BaseModel):
     currency: str
     commission: int
     store_agent_id: int | None
+    mode: str = Field(description="test: placed with a test key, paid in the sandbox.")
     created_at: datetime
 
 

@@ -71,6 +71,7 @@ class AttributedOrder:
     currency: str
     commission: int
     store_agent_id: int | None
+    mode: str
     created_at: datetime
 
 
@@ -135,8 +136,11 @@ async def get_promoter(conn: Executor, agent_id: int) -> Promoter:
 
 async def promoter_for_order(conn: Executor, code: str, store_agent_id: int | None) -> Promoter:
     """The active promoter of a link code, if it may be paid on this order."""
+    # A suspended agent is paid nothing, as a promoter either.
     row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM promoters WHERE code = $1 AND status = 'active'",  # noqa: S608
+        "SELECT p.agent_id, p.code, p.rate_bp, p.per_unit, p.store_agent_id, p.status, "
+        "p.created_at FROM promoters p JOIN agents a ON a.id = p.agent_id "
+        "WHERE p.code = $1 AND p.status = 'active' AND a.status = 'active'",
         code,
     )
     if row is None:
@@ -151,6 +155,7 @@ async def promoter_for_order(conn: Executor, code: str, store_agent_id: int | No
 
 
 async def earnings(conn: Executor, agent_id: int) -> Earnings:
+    """Live money only: test orders (placed with test keys) pay into the test balance."""
     row = await conn.fetchrow(
         "SELECT "
         "coalesce(sum(s.amount) FILTER (WHERE o.status IN ('paid', 'delivered') "
@@ -159,7 +164,7 @@ async def earnings(conn: Executor, agent_id: int) -> Earnings:
         "coalesce(sum(s.amount) FILTER (WHERE o.status = 'refunded'), 0) AS reversed, "
         "count(DISTINCT o.id) AS orders "
         "FROM orders o LEFT JOIN order_shares s ON s.order_id = o.id AND s.kind = 'promoter' "
-        "AND s.agent_id = $1 WHERE o.promoter_agent_id = $1",
+        "AND s.agent_id = $1 WHERE o.promoter_agent_id = $1 AND o.mode = 'live'",
         agent_id,
     )
     assert row is not None
@@ -178,7 +183,7 @@ async def attributed_orders(
     before = _decode_cursor(cursor)
     rows = await conn.fetch(
         "SELECT o.id, o.order_no, o.status, o.sku, o.quantity, o.amount, o.currency, "
-        "o.store_agent_id, o.created_at, coalesce(sum(s.amount), 0) AS commission "
+        "o.store_agent_id, o.mode, o.created_at, coalesce(sum(s.amount), 0) AS commission "
         "FROM orders o LEFT JOIN order_shares s ON s.order_id = o.id AND s.kind = 'promoter' "
         "AND s.agent_id = $1 WHERE o.promoter_agent_id = $1 AND ($2::bigint IS NULL OR o.id < $2) "
         "GROUP BY o.id ORDER BY o.id DESC LIMIT $3",
@@ -198,6 +203,7 @@ async def attributed_orders(
             currency=r["currency"],
             commission=int(r["commission"]),
             store_agent_id=r["store_agent_id"],
+            mode=r["mode"],
             created_at=r["created_at"],
         )
         for r in page

@@ -340,3 +340,33 @@ async def test_test_orders_never_use_real_providers_or_bad_keys(
     forged = await _place(client, box.sku, 1, "kami_test_" + secrets.token_urlsafe(32))
     assert forged.status_code == 401 and forged.json()["code"] == "unauthenticated"
     assert (await box.product())["test_stock"] == {"available": 1, "held": 0, "issued": 0}
+
+
+async def test_a_promoter_is_paid_sandbox_money_on_a_test_order(
+    shop_client: httpx.AsyncClient,
+) -> None:
+    client = shop_client
+    box = await _sandbox(client, live=1, test=1)
+    level = (await client.get(f"/v1/agents/{box.agent_id}")).json()["level_id"]
+    promoter = (await client.post("/v1/agents", json={"name": "p", "level_id": level})).json()
+    created = await client.post("/v1/promoters", json={"agent_id": promoter["id"], "per_unit": 90})
+    assert created.status_code == 201, created.text
+    body = {
+        "sku": box.sku,
+        "quantity": 1,
+        "contact": {"email": f"t-{secrets.token_hex(4)}@example.com"},
+        "payment_method": "sandbox",
+        "promoter": created.json()["code"],
+    }
+    order = await client.post(
+        "/v1/orders", json=body, headers={"Authorization": f"Bearer {box.test_key}"}
+    )
+    assert order.status_code == 201, order.text
+    await client.post(f"/v1/payments/sandbox/{order.json()['order_no']}/pay")
+    paid = (await client.get(f"/v1/agents/{promoter['id']}")).json()
+    assert (paid["balance"], paid["test_balance"]) == (0, 90)
+    # Its live earnings do not count sandbox money; the order is listed as a test one.
+    seen = (await client.get(f"/v1/promoters/{promoter['id']}")).json()["earnings"]
+    assert seen == {"earned": 0, "pending": 0, "reversed": 0, "orders": 0}
+    listed = (await client.get(f"/v1/promoters/{promoter['id']}/orders")).json()["data"]
+    assert [(o["mode"], o["commission"]) for o in listed] == [("test", 90)]

@@ -278,3 +278,38 @@ async def test_creating_promoters_checks_its_input(
     finally:
         await conn.close()
     assert audits == 1
+
+
+async def test_money_is_conserved_for_every_commission_rule(
+    app: FastAPI, buyer: httpx.AsyncClient, operator: httpx.AsyncClient, database_url: str
+) -> None:
+    """A grid of rules and quantities, each sold, paid and refunded: the promoter gets
+    exactly its commission (floored to the fen for rates), the store the rest of its
+    margin, and a refund takes back exactly what was credited."""
+    network = await _network(operator, keys=40)
+    rules: list[dict[str, int]] = [{"rate_bp": r} for r in (0, 1, 333, 2500, 5000)]
+    rules += [{"per_unit": p} for p in (0, 1, 499, 1000)]
+    margin_per_unit = RETAIL - COST
+    for rule in rules:
+        promoter, code = await _promoter(operator, network, **rule)
+        for quantity in (1, 3):
+            store_before = await _balance(operator, network.store_agent)
+            promoter_before = await _balance(operator, promoter)
+            order = await _order(buyer, network.sku, quantity, store=network.slug, promoter=code)
+            assert order.status_code == 201, (rule, quantity, order.text)
+            amount = RETAIL * quantity
+            expected = (
+                amount * rule["rate_bp"] // 10_000
+                if "rate_bp" in rule
+                else rule["per_unit"] * quantity
+            )
+            no = order.json()["order_no"]
+            await buyer.post(f"/v1/payments/sandbox/{no}/pay")
+            assert await _balance(operator, promoter) - promoter_before == expected, rule
+            store_gain = await _balance(operator, network.store_agent) - store_before
+            assert store_gain == margin_per_unit * quantity - expected, rule
+            assert await _balanced(database_url)
+            await operator.post(f"/v1/orders/{no}/refund", json={"reason": "grid"})
+            assert await _balance(operator, promoter) == promoter_before
+            assert await _balance(operator, network.store_agent) == store_before
+            assert await _balanced(database_url)
