@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
@@ -13,15 +13,18 @@ from api.deps import OperatorDep, RuntimeDep
 from api.idempotency import json_response, run_idempotent
 from api.schemas import Id, RequestModel
 from engine import audit
+from engine.distribution import cursors
 from engine.distribution.keys import (
     DEFAULT_GRACE_S,
     MAX_GRACE_S,
     ApiKeyState,
     get_key,
     is_active,
+    list_keys,
     revoke,
     rotate,
 )
+from engine.distribution.service import get_agent
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
@@ -63,10 +66,36 @@ class ApiKeyRotated(BaseModel):
     )
 
 
+class ApiKeyList(BaseModel):
+    data: list[ApiKeyStatePublic]
+    next_cursor: str | None
+
+
 def _state(key: ApiKeyState) -> dict[str, Any]:
     return ApiKeyStatePublic(**vars(key), active=is_active(key, datetime.now(UTC))).model_dump(
         mode="json"
     )
+
+
+@router.get(
+    "",
+    response_model=ApiKeyList,
+    summary="An agent's API keys (never their secrets), oldest first",
+)
+async def list_agent_keys(
+    runtime: RuntimeDep,
+    _operator: OperatorDep,
+    agent_id: Annotated[int, Query(ge=1, le=2**63 - 1)],
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    after = cursors.decode("keys", cursor)
+    async with runtime.db.acquire() as conn:
+        await get_agent(conn, agent_id)
+        keys = await list_keys(conn, agent_id, limit=limit + 1, after=after)
+    page = keys[:limit]
+    next_cursor = cursors.encode("keys", page[-1].id) if len(keys) > limit else None
+    return json_response(200, {"data": [_state(k) for k in page], "next_cursor": next_cursor})
 
 
 @router.get("/{key_id}", response_model=ApiKeyStatePublic, summary="An API key's state")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from api.deps import AgentDep, OperatorDep, RuntimeDep
-from api.idempotency import Written, json_response, operator_write
+from api.idempotency import Written, json_response, operator_write, run_idempotent
 from api.schemas import Id, RequestModel
+from engine import audit
 from engine.distribution.commissions import BASIS_POINTS
 from engine.distribution.promoters import (
     AttributedOrder,
@@ -21,6 +22,7 @@ from engine.distribution.promoters import (
     create_promoter,
     earnings,
     get_promoter,
+    update_promoter,
 )
 from engine.storage.db import Connection
 
@@ -46,6 +48,18 @@ class PromoterCreate(RequestModel):
     store_agent_id: Id | None = Field(
         default=None,
         description="Only that store's orders count (it pays from its margin); null: any order.",
+    )
+
+
+class PromoterUpdate(RequestModel):
+    status: Literal["active", "inactive"] | None = Field(
+        default=None, description="inactive: its code is refused on new orders."
+    )
+    rate_bp: Annotated[int, Field(ge=0, le=BASIS_POINTS)] | None = Field(
+        default=None, description="A new rate; replaces a fixed amount per unit."
+    )
+    per_unit: Annotated[int, Field(ge=0, le=10**12)] | None = Field(
+        default=None, description="A new amount per unit; replaces a rate."
     )
 
 
@@ -133,6 +147,36 @@ async def create(
         payload=body.model_dump(mode="json"),
         work=work,
     )
+
+
+@router.patch(
+    "/promoters/{agent_id}",
+    response_model=PromoterPublic,
+    summary="Suspend or resume a promoter, or change its commission (new orders only)",
+)
+async def update(
+    agent_id: Id,
+    body: PromoterUpdate,
+    request: Request,
+    runtime: RuntimeDep,
+    operator: OperatorDep,
+) -> Response:
+    async def run() -> Response:
+        async with runtime.db.acquire() as conn, conn.transaction():
+            promoter = await update_promoter(
+                conn, agent_id, status=body.status, rate_bp=body.rate_bp, per_unit=body.per_unit
+            )
+            await audit.record(
+                conn,
+                operator.owner_label,
+                "promoter.updated",
+                f"agent:{agent_id}",
+                body.model_dump(mode="json", exclude_none=True),
+            )
+        return json_response(200, _promoter(promoter))
+
+    payload = {"promoter": agent_id, **body.model_dump(mode="json")}
+    return await run_idempotent(request, runtime, operator.owner_label, payload, run)
 
 
 @router.get(

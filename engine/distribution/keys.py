@@ -74,6 +74,20 @@ def is_active(key: ApiKeyState, now: datetime) -> bool:
     return key.revoked_at is None and (key.expires_at is None or key.expires_at > now)
 
 
+async def list_keys(
+    conn: Executor, agent_id: int, *, limit: int, after: int | None
+) -> list[ApiKeyState]:
+    """An agent's keys by id, `limit` of them after the id `after`."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM api_keys WHERE agent_id = $1 "  # noqa: S608
+        "AND ($2::bigint IS NULL OR id > $2) ORDER BY id LIMIT $3",
+        agent_id,
+        after,
+        limit,
+    )
+    return [ApiKeyState(**dict(r)) for r in rows]
+
+
 async def set_rate_limit(conn: Connection, key_id: int, rate_limit_per_s: int | None) -> None:
     """Requests per second for the key; None: back to the deployment's default."""
     updated = await conn.fetchval(

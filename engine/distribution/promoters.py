@@ -12,7 +12,6 @@ else's margin can be charged for a link it never agreed to.
 
 from __future__ import annotations
 
-import base64
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,10 +19,11 @@ from enum import StrEnum
 
 import asyncpg
 
+from engine.distribution import cursors
 from engine.distribution.commissions import CommissionError
 from engine.distribution.commissions import Promoter as PromoterTerms
 from engine.distribution.service import DistributionError
-from engine.errors import CommonError, DomainError
+from engine.errors import DomainError
 from engine.storage.db import Connection, Executor
 
 
@@ -113,6 +113,33 @@ async def create_promoter(
     return Promoter(**dict(row))
 
 
+async def update_promoter(
+    conn: Connection,
+    agent_id: int,
+    *,
+    status: str | None = None,
+    rate_bp: int | None = None,
+    per_unit: int | None = None,
+) -> Promoter:
+    """Suspend or resume a promoter, or change its commission (one of rate or per unit,
+    replacing the other). Orders placed already keep the split they were placed with."""
+    current = await get_promoter(conn, agent_id)
+    if rate_bp is not None and per_unit is not None:
+        _validate_terms(agent_id, rate_bp, per_unit)
+    if rate_bp is None and per_unit is None:
+        rate_bp, per_unit = current.rate_bp, current.per_unit
+    row = await conn.fetchrow(
+        "UPDATE promoters SET status = $2, rate_bp = $3, per_unit = $4 WHERE agent_id = $1 "  # noqa: S608
+        f"RETURNING {_COLUMNS}",
+        agent_id,
+        status or current.status,
+        rate_bp,
+        per_unit,
+    )
+    assert row is not None
+    return Promoter(**dict(row))
+
+
 def _validate_terms(agent_id: int, rate_bp: int | None, per_unit: int | None) -> None:
     if (rate_bp is None) == (per_unit is None):
         raise DomainError(
@@ -180,7 +207,7 @@ async def attributed_orders(
     conn: Executor, agent_id: int, *, limit: int, cursor: str | None
 ) -> tuple[list[AttributedOrder], str | None]:
     """The promoter's orders, newest first, with the commission each carries."""
-    before = _decode_cursor(cursor)
+    before = cursors.decode("promoted", cursor)
     rows = await conn.fetch(
         "SELECT o.id, o.order_no, o.status, o.sku, o.quantity, o.amount, o.currency, "
         "o.store_agent_id, o.mode, o.created_at, coalesce(sum(s.amount), 0) AS commission "
@@ -192,7 +219,7 @@ async def attributed_orders(
         limit + 1,
     )
     page = rows[:limit]
-    next_cursor = _encode_cursor(page[-1]["id"]) if len(rows) > limit else None
+    next_cursor = cursors.encode("promoted", page[-1]["id"]) if len(rows) > limit else None
     return [
         AttributedOrder(
             order_no=r["order_no"],
@@ -208,20 +235,3 @@ async def attributed_orders(
         )
         for r in page
     ], next_cursor
-
-
-def _encode_cursor(order_id: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{order_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        value = int(text[2:]) if text.startswith("o:") else 0
-    except (ValueError, UnicodeDecodeError):
-        value = 0
-    if not 0 < value < 2**63:
-        raise DomainError(CommonError.INVALID_REQUEST, "The cursor is not valid.")
-    return value

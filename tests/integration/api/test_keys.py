@@ -298,3 +298,33 @@ async def test_concurrent_rotations_leave_one_successor(shop: Shop) -> None:
     )
     assert sorted(r.status_code for r in responses) == [201, 409, 409, 409]
     assert {r.json()["code"] for r in responses if r.status_code == 409} == {"rotation_in_progress"}
+
+
+async def test_an_agents_keys_are_listed_without_secrets(shop: Shop) -> None:
+    first, _ = await _new_key(shop)
+    rotated = await shop.client.post(f"/v1/api-keys/{first}/rotate", headers=shop.operator)
+    successor = rotated.json()["id"]
+    seen: list[dict[str, object]] = []
+    cursor = None
+    while True:
+        params: dict[str, str | int] = {"agent_id": shop.agent_id, "limit": 2}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = await shop.client.get("/v1/api-keys", params=params, headers=shop.operator)
+        assert page.status_code == 200, page.text
+        seen.extend(page.json()["data"])
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    # The shop's own key, the first and its successor, oldest first.
+    assert [k["id"] for k in seen][-2:] == [first, successor]
+    assert seen[-1]["rotated_from"] == first and all(k["active"] for k in seen)
+    assert all("key" not in k and "secret_hash" not in k for k in seen)
+    bad = await shop.client.get(
+        "/v1/api-keys", params={"agent_id": shop.agent_id, "cursor": "zz"}, headers=shop.operator
+    )
+    assert bad.status_code == 422
+    nobody = await shop.client.get(
+        "/v1/api-keys", params={"agent_id": 999_999_999}, headers=shop.operator
+    )
+    assert nobody.status_code == 404 and nobody.json()["code"] == "agent_not_found"

@@ -313,3 +313,29 @@ async def test_money_is_conserved_for_every_commission_rule(
             assert await _balance(operator, promoter) == promoter_before
             assert await _balance(operator, network.store_agent) == store_before
             assert await _balanced(database_url)
+
+
+async def test_a_suspended_promoter_is_refused_and_new_terms_apply_to_new_orders(
+    app: FastAPI, buyer: httpx.AsyncClient, operator: httpx.AsyncClient
+) -> None:
+    network = await _network(operator)
+    promoter, code = await _promoter(operator, network, rate_bp=1000)
+    before = await _order(buyer, network.sku, 1, store=network.slug, promoter=code)
+    assert before.status_code == 201
+    changed = await operator.patch(f"/v1/promoters/{promoter}", json={"per_unit": 10})
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["rate_bp"], changed.json()["per_unit"]) == (None, 10)
+    after = await _order(buyer, network.sku, 1, store=network.slug, promoter=code)
+    # The order placed before keeps the commission it was placed with.
+    listed = (await operator.get(f"/v1/promoters/{promoter}/orders")).json()["data"]
+    assert [o["commission"] for o in listed] == [10, 200]
+    assert after.json()["order_no"] == listed[0]["order_no"]
+
+    suspended = await operator.patch(f"/v1/promoters/{promoter}", json={"status": "inactive"})
+    assert suspended.status_code == 200 and suspended.json()["status"] == "inactive"
+    refused = await _order(buyer, network.sku, 1, store=network.slug, promoter=code)
+    assert refused.status_code == 404 and refused.json()["code"] == "promoter_not_found"
+    both = await operator.patch(f"/v1/promoters/{promoter}", json={"rate_bp": 1, "per_unit": 1})
+    assert both.status_code == 422 and both.json()["code"] == "invalid_promoter"
+    missing = await operator.patch("/v1/promoters/999999999", json={"status": "active"})
+    assert missing.status_code == 404 and missing.json()["code"] == "promoter_not_found"
