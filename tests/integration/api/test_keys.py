@@ -7,7 +7,9 @@ grace periods and cache lifetimes are crossed without sleeping.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +19,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
+from engine.errors import DomainError
 from engine.principals import CACHE_TTL_S, AgentKey, PrincipalCache
 from engine.ratelimit import RateLimiter
 from engine.settings import Settings
@@ -88,12 +91,13 @@ async def test_the_rate_limit_applies_and_resets(app: FastAPI, shop: Shop) -> No
     # Other keys, even the same agent's, have budgets of their own.
     assert (await _issue(shop, shop.api_key)).status_code == 201
 
-    # Half a second into the next second, half of the busy one still counts: 3 * 0.5 + 1.
+    # Half a second into the next second, half of the busy one still counts (2 x 0.5):
+    # room for one more, not two. Refused requests did not count.
     clock.now += 1.5
-    assert (await _issue(shop, key)).status_code == 429
+    assert [(await _issue(shop, key)).status_code for _ in range(2)] == [201, 429]
     # Two seconds on, the window is empty again.
     clock.now += 2.0
-    assert (await _issue(shop, key)).status_code == 201
+    assert [(await _issue(shop, key)).status_code for _ in range(3)] == [201, 201, 429]
 
     # The operator lifts the limit: applied at once in this worker.
     patched = await shop.client.patch(
@@ -328,3 +332,33 @@ async def test_an_agents_keys_are_listed_without_secrets(shop: Shop) -> None:
         "/v1/api-keys", params={"agent_id": 999_999_999}, headers=shop.operator
     )
     assert nobody.status_code == 404 and nobody.json()["code"] == "agent_not_found"
+
+
+async def test_the_limiter_matches_its_model_and_never_passes_the_limit(app: FastAPI) -> None:
+    """Random request times against real Redis, compared with the window's definition:
+    admitted when this second's admitted count + 1 + the previous second's x the share
+    of it still covered stays within the limit. In no one-second bucket are more than
+    `limit` requests admitted."""
+    redis = app.state.runtime.redis
+    for seed in range(6):
+        rng = random.Random(seed)
+        limit = rng.randint(1, 6)
+        clock = Clock(4_000_000.0 + 100 * seed)
+        limiter = RateLimiter(
+            redis, f"{app.state.settings.redis_namespace}:model{seed}", clock=clock
+        )
+        admitted: collections.Counter[int] = collections.Counter()
+        for _ in range(150):
+            clock.now += rng.choice((0.0, 0.01, 0.1, 0.3, 0.7, 1.3))
+            second = int(clock.now)
+            expected = (
+                admitted[second] + 1 + admitted[second - 1] * (1.0 - (clock.now - second)) <= limit
+            )
+            if expected:
+                await limiter.check(seed + 1, limit)  # admitted: raises nothing
+                admitted[second] += 1
+            else:
+                with pytest.raises(DomainError) as refused:
+                    await limiter.check(seed + 1, limit)
+                assert refused.value.code == "rate_limited", (seed, clock.now)
+        assert max(admitted.values()) <= limit
