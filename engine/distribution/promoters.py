@@ -55,7 +55,7 @@ class Promoter:
 class Earnings:
     """Commission by the state of the orders it came from (minor units)."""
 
-    earned: int  # paid orders: credited to the promoter's balance
+    earned: int  # delivered orders: credited to the promoter's balance
     pending: int  # unpaid orders that may still pay
     reversed: int  # refunded orders: credited, then taken back
     orders: int  # every attributed order
@@ -185,10 +185,12 @@ async def earnings(conn: Executor, agent_id: int) -> Earnings:
     """Live money only: test orders (placed with test keys) pay into the test balance."""
     row = await conn.fetchrow(
         "SELECT "
-        "coalesce(sum(s.amount) FILTER (WHERE o.status IN ('paid', 'delivered') "
-        "AND NOT o.refund_due), 0) AS earned, "
+        # Shares are credited when an order is delivered, and reversed only then by its
+        # refund: a paid order that could not deliver (refund_due) was never credited.
+        "coalesce(sum(s.amount) FILTER (WHERE o.status = 'delivered'), 0) AS earned, "
         "coalesce(sum(s.amount) FILTER (WHERE o.status = 'pending_payment'), 0) AS pending, "
-        "coalesce(sum(s.amount) FILTER (WHERE o.status = 'refunded'), 0) AS reversed, "
+        "coalesce(sum(s.amount) FILTER (WHERE o.status = 'refunded' "
+        "AND o.delivered_at IS NOT NULL), 0) AS reversed, "
         "count(DISTINCT o.id) AS orders "
         "FROM orders o LEFT JOIN order_shares s ON s.order_id = o.id AND s.kind = 'promoter' "
         "AND s.agent_id = $1 WHERE o.promoter_agent_id = $1 AND o.mode = 'live'",
