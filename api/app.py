@@ -20,12 +20,14 @@ from api.routers import (
     distribution,
     finance,
     issuance,
+    keys,
     ledger,
     levels,
     me_finance,
     notify,
     ops,
     orders,
+    promoters,
 )
 from api.schemas import PROBLEM_RESPONSES
 from engine import __version__, idempotency
@@ -39,6 +41,7 @@ from engine.notify.worker import OutboxWorker
 from engine.orders.service import OrderService
 from engine.payments.registry import build_providers
 from engine.principals import PrincipalCache
+from engine.ratelimit import RateLimiter
 from engine.runtime import Runtime
 from engine.settings import Settings
 
@@ -65,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = await Runtime.open(settings)
         app.state.runtime = runtime
         app.state.principals = PrincipalCache()
+        app.state.rate_limiter = RateLimiter(runtime.redis, settings.redis_namespace)
         async with runtime.db.acquire() as conn:
             app.state.keyring = await load_keyring(conn, runtime.master_key)
         app.state.issuance = IssuanceService(runtime.db, runtime.pool, app.state.keyring)
@@ -108,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         orders.router,
         finance.router,
         me_finance.router,
+        keys.router,
+        promoters.router,
     ):
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

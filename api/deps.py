@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine.errors import CommonError, DomainError
 from engine.principals import AgentKey, Operator, Principal, PrincipalCache
+from engine.ratelimit import RateLimiter
 from engine.runtime import Runtime
 from engine.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, remember, verify
 
@@ -59,9 +60,17 @@ async def authenticate(request: Request, runtime: Runtime, token: str) -> Princi
     )
     if principal is None:
         raise DomainError(CommonError.UNAUTHENTICATED, "The token is not valid.")
-    # One attribute test: keys that do not sign pay nothing more on the hot path.
-    if isinstance(principal, AgentKey) and principal.require_signature:
-        await _check_signature(request, runtime, principal)
+    if isinstance(principal, AgentKey):
+        limit = principal.rate_limit_per_s
+        if limit is None:
+            limit = runtime.settings.api_key_rate_limit_per_s
+        # Before the signature: refused requests of a flooding client cost one round trip.
+        if limit:
+            limiter: RateLimiter = request.app.state.rate_limiter
+            await limiter.check(principal.key_id, limit)
+        # One attribute test: keys that do not sign pay nothing more on the hot path.
+        if principal.require_signature:
+            await _check_signature(request, runtime, principal)
     return principal
 
 

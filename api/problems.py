@@ -48,6 +48,13 @@ STATUS_BY_CODE: dict[str, int] = {
     "signature_expired": 401,
     "signature_replayed": 401,
     "api_key_not_found": 404,
+    # engine.distribution.keys
+    "rotation_in_progress": 409,
+    # engine.distribution.promoters
+    "promoter_not_found": 404,
+    "promoter_exists": 409,
+    "promoter_code_taken": 409,
+    "promoter_not_for_store": 422,
     # engine.catalog
     "sku_exists": 409,
     "product_not_found": 404,

@@ -53,6 +53,10 @@ class ProductPublic(BaseModel):
     currency: str
     status: str
     stock: Stock
+    test_stock: Stock = Field(
+        default_factory=lambda: Stock(available=0, held=0, issued=0),
+        description="The sandbox's stock (batches imported with mode test), apart from `stock`.",
+    )
     created_at: datetime
 
 
@@ -63,6 +67,9 @@ class BatchCreate(RequestModel):
     name: Annotated[str, StringConstraints(max_length=200, pattern=_NO_CONTROLS)] = ""
     expires_at: datetime | None = None
     unit_cost: Money = 0
+    mode: Literal["live", "test"] = Field(
+        default="live", description="test: stock only test (kami_test_) keys can draw from."
+    )
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -115,6 +122,11 @@ class AgentPublic(BaseModel):
     created_at: datetime
     held: int = Field(0, description="Commissions held by the level's T+N rule, not yet spendable")
     commission_total: int = Field(0, description="Every commission earned, net of reversals")
+    test_balance: int = Field(default=0, description="The sandbox balance test keys spend.")
+
+
+RateLimit = Annotated[int, Field(ge=1, le=1_000_000)]
+_RATE_LIMIT = "Requests per second with this key (429 rate_limited past it); null: the default."
 
 
 class ApiKeyCreate(RequestModel):
@@ -123,6 +135,7 @@ class ApiKeyCreate(RequestModel):
         default=False,
         description="Require HMAC-SHA256 request signatures (docs/SIGNING.md) with this key.",
     )
+    rate_limit_per_s: RateLimit | None = Field(default=None, description=_RATE_LIMIT)
 
 
 _SHOWN_ONCE = (
@@ -138,10 +151,16 @@ class ApiKeyCreated(BaseModel):
     prefix: str
     require_signature: bool = False
     signing_secret: str | None = Field(default=None, description=_SHOWN_ONCE)
+    rate_limit_per_s: int | None = None
 
 
 class ApiKeyUpdate(RequestModel):
-    require_signature: bool
+    require_signature: bool | None = Field(
+        default=None, description="Omitted: signing stays as it is."
+    )
+    rate_limit_per_s: RateLimit | None = Field(
+        default=None, description=_RATE_LIMIT + " Omitted: unchanged."
+    )
     rotate_signing_secret: bool = Field(
         default=False, description="Replace the signing secret; the old one stops at once."
     )
@@ -154,11 +173,15 @@ class ApiKeyPublic(BaseModel):
     prefix: str
     require_signature: bool
     signing_secret: str | None = Field(default=None, description=_SHOWN_ONCE)
+    rate_limit_per_s: int | None = None
 
 
 class DepositCreate(RequestModel):
     amount: Annotated[int, Field(ge=1, le=MAX_MONEY)]
     reference: Reference | None = None
+    mode: Literal["live", "test"] = Field(
+        default="live", description="test: credit the sandbox balance that test keys spend."
+    )
 
 
 class DepositPublic(BaseModel):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
@@ -32,6 +34,10 @@ class AgentKey:
     level_id: int
     mode: str
     require_signature: bool = False
+    # Requests per second; None: the deployment's default (KAMI_API_KEY_RATE_LIMIT_PER_S).
+    rate_limit_per_s: int | None = None
+    # Unix time after which the key is refused (a rotated key's grace period ends).
+    expires_at: float | None = None
     # The opened signing secret (docs/SIGNING.md), kept with the cached principal so a
     # signed request costs no extra lookup; never in a repr, so never in a log line.
     signing_secret: bytes | None = field(default=None, repr=False, compare=False)
@@ -52,8 +58,16 @@ class PrincipalCache:
     """Authenticates bearer secrets against their stored hashes, with a short-lived cache
     so the hot path does not pay a PostgreSQL round trip per request."""
 
-    def __init__(self, ttl_s: float = CACHE_TTL_S) -> None:
+    def __init__(
+        self,
+        ttl_s: float = CACHE_TTL_S,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._ttl_s = ttl_s
+        self._clock = clock
+        self._wall_clock = wall_clock
         self._entries: dict[bytes, tuple[float, Principal | None]] = {}
 
     async def authenticate(
@@ -62,14 +76,24 @@ class PrincipalCache:
         """`cipher` opens the signing secrets of keys that require signatures; without it
         such a key authenticates with no secret, so none of its requests verifies."""
         digest = hash_secret(secret)
-        now = time.monotonic()
+        now = self._clock()
         cached = self._entries.get(digest)
         if cached is not None and cached[0] > now:
-            return cached[1]
-        principal = await _lookup(pool, secret, digest, cipher)
+            return self._unexpired(cached[1])
+        principal = await _lookup(pool, secret, digest, cipher, self._wall_clock())
         if len(self._entries) >= _CACHE_MAX:
             self._entries.clear()
         self._entries[digest] = (now + self._ttl_s, principal)
+        return principal
+
+    def _unexpired(self, principal: Principal | None) -> Principal | None:
+        # A rotated key's grace period ends to the second, cached or not.
+        if (
+            isinstance(principal, AgentKey)
+            and principal.expires_at is not None
+            and self._wall_clock() >= principal.expires_at
+        ):
+            return None
         return principal
 
     def clear(self) -> None:
@@ -87,7 +111,7 @@ class PrincipalCache:
 
 
 async def _lookup(
-    pool: asyncpg.Pool, secret: str, digest: bytes, cipher: Cipher | None
+    pool: asyncpg.Pool, secret: str, digest: bytes, cipher: Cipher | None, now: float
 ) -> Principal | None:
     if secret.startswith(OPERATOR_TOKEN_PREFIX) or not secret.startswith("kami_"):
         row = await pool.fetchrow(
@@ -100,10 +124,12 @@ async def _lookup(
         return None
     row = await pool.fetchrow(
         "SELECT k.id, k.agent_id, k.mode, k.secret_hash, k.require_signature, "
-        "k.signing_secret_sealed, a.level_id FROM api_keys k "
+        "k.signing_secret_sealed, k.rate_limit_per_s, k.expires_at, a.level_id FROM api_keys k "
         "JOIN agents a ON a.id = k.agent_id "
-        "WHERE k.secret_hash = $1 AND k.revoked_at IS NULL AND a.status = 'active'",
+        "WHERE k.secret_hash = $1 AND k.revoked_at IS NULL AND a.status = 'active' "
+        "AND (k.expires_at IS NULL OR k.expires_at > $2)",
         digest,
+        datetime.fromtimestamp(now, UTC),
     )
     if row is None or not secrets_match(secret, row["secret_hash"]):
         return None
@@ -116,6 +142,8 @@ async def _lookup(
         level_id=row["level_id"],
         mode=row["mode"],
         require_signature=row["require_signature"],
+        rate_limit_per_s=row["rate_limit_per_s"],
+        expires_at=row["expires_at"].timestamp() if row["expires_at"] is not None else None,
         signing_secret=signing_secret,
     )
 

@@ -292,6 +292,14 @@ class Settings(BaseSettings):
 
     # --- end payments -------------------------------------------------------------------
 
+    # --- API keys (engine/ratelimit.py, engine/principals.py) ---------------------------
+    api_key_rate_limit_per_s: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        default=0,
+        description="Requests per second an API key may make unless the key sets its own "
+        "rate_limit_per_s; 0: no limit (a key's own limit still applies).",
+    )
+    # --- end API keys ---------------------------------------------------------------------
+
     # --- orders (engine/orders) ---------------------------------------------------------
     order_payment_window_s: Annotated[int, Field(ge=60, le=86400)] = Field(
         default=900, description="How long an unpaid order holds its keys (expires_at)."

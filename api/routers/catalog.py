@@ -36,7 +36,10 @@ log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/v1/products", tags=["catalog"])
 
 
-def _public(product: Product, stock: StockCounts) -> dict[str, Any]:
+def _public(
+    product: Product, stock: StockCounts, test_stock: StockCounts | None = None
+) -> dict[str, Any]:
+    test = test_stock or StockCounts(0, 0, 0)
     return ProductPublic(
         sku=product.sku,
         name=product.name,
@@ -45,6 +48,7 @@ def _public(product: Product, stock: StockCounts) -> dict[str, Any]:
         currency=product.currency,
         status=product.status,
         stock=Stock(available=stock.available, held=stock.held, issued=stock.issued),
+        test_stock=Stock(available=test.available, held=test.held, issued=test.issued),
         created_at=product.created_at,
     ).model_dump(mode="json")
 
@@ -93,7 +97,8 @@ async def read(sku: str, runtime: RuntimeDep, _operator: OperatorDep) -> Respons
     async with runtime.db.acquire() as conn:
         product = await get_product(conn, sku)
         stock = await stock_counts(conn, product.id)
-    return json_response(200, _public(product, stock))
+        test_stock = await stock_counts(conn, product.id, "test")
+    return json_response(200, _public(product, stock, test_stock))
 
 
 _BATCH_BODY = {
@@ -112,6 +117,7 @@ _BATCH_BODY = {
                         "unit_cost": {"type": "integer", "minimum": 0},
                         "format": {"type": "string", "enum": ["txt", "csv", "xlsx"]},
                         "column": {"type": "integer", "minimum": 0},
+                        "mode": {"type": "string", "enum": ["live", "test"]},
                     },
                 }
             },
@@ -149,15 +155,16 @@ async def import_batch(
                 unit_cost=payload["unit_cost"],
                 expires_at=payload["expires_at"],
                 rejected=len(rejected),
+                mode=payload["mode"],
             )
             await audit.record(
                 conn,
                 operator.owner_label,
                 "batch.imported",
                 f"product:{sku}",
-                {"batch_id": result.batch_id, "accepted": result.accepted},
+                {"batch_id": result.batch_id, "accepted": result.accepted, "mode": payload["mode"]},
             )
-        await _publish(runtime, sku, result, payload["expires_at"])
+        await _publish(runtime, sku, result, payload["expires_at"], payload["mode"])
         body = BatchPublic(
             batch_id=result.batch_id,
             accepted=result.accepted,
@@ -172,7 +179,7 @@ async def import_batch(
 
 
 async def _publish(
-    runtime: Runtime, sku: str, batch: BatchResult, expires_at: datetime | None
+    runtime: Runtime, sku: str, batch: BatchResult, expires_at: datetime | None, mode: str
 ) -> None:
     """The batch is committed; making it available in Redis may fail without losing it:
     the pool is rebuilt from PostgreSQL when it is found missing or short."""
@@ -184,6 +191,7 @@ async def _publish(
             batch.batch_id,
             keys=batch.keys,
             expires_at=expires_at,
+            mode=mode,
         )
     except EngineError as exc:
         log.error("pool_publish_failed", sku=sku, batch_id=batch.batch_id, error=type(exc).__name__)
@@ -204,7 +212,12 @@ async def _from_json(
     except ValidationError as exc:
         _invalid(exc)
     codes, rejected = screen_codes(body.codes)
-    payload = {"name": body.name, "unit_cost": body.unit_cost, "expires_at": body.expires_at}
+    payload = {
+        "name": body.name,
+        "unit_cost": body.unit_cost,
+        "expires_at": body.expires_at,
+        "mode": body.mode,
+    }
     return payload, codes, rejected
 
 
@@ -224,7 +237,12 @@ async def _from_form(
             declared_format=fields.get("format"),
             column=int(column) if column and column.isdigit() else None,
         )
-    payload = {"name": meta.name, "unit_cost": meta.unit_cost, "expires_at": meta.expires_at}
+    payload = {
+        "name": meta.name,
+        "unit_cost": meta.unit_cost,
+        "expires_at": meta.expires_at,
+        "mode": meta.mode,
+    }
     return payload, codes, rejected
 
 
@@ -239,6 +257,7 @@ def _form_meta(fields: dict[str, str]) -> BatchCreate:
                 "name": fields.get("name", ""),
                 "expires_at": fields.get("expires_at") or None,
                 "unit_cost": int(unit_cost),
+                "mode": fields.get("mode") or "live",
             }
         )
     except ValidationError as exc:

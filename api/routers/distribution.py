@@ -25,6 +25,7 @@ from api.schemas import (
 from api.schemas_levels import AgentLevelDetail
 from engine import audit
 from engine.auth import ApiKeyMode
+from engine.distribution.keys import get_key, set_rate_limit
 from engine.distribution.levels import level_detail
 from engine.distribution.service import (
     Agent,
@@ -131,7 +132,9 @@ async def create_key(
     mode = ApiKeyMode(options.mode)
 
     async def work(conn: Connection) -> Written:
-        key_id, key, prefix = await create_api_key(conn, agent_id, mode)
+        key_id, key, prefix = await create_api_key(
+            conn, agent_id, mode, rate_limit_per_s=options.rate_limit_per_s
+        )
         signing_secret = None
         if options.require_signature:
             state = await configure(
@@ -145,6 +148,7 @@ async def create_key(
             prefix=prefix,
             require_signature=options.require_signature,
             signing_secret=signing_secret,
+            rate_limit_per_s=options.rate_limit_per_s,
         )
         # The audit keeps the prefix, never the key or the signing secret.
         detail = {
@@ -152,6 +156,7 @@ async def create_key(
             "mode": mode.value,
             "prefix": prefix,
             "require_signature": options.require_signature,
+            "rate_limit_per_s": options.rate_limit_per_s,
         }
         return created.model_dump(mode="json"), f"agent:{agent_id}", detail
 
@@ -164,6 +169,7 @@ async def create_key(
             "agent_id": agent_id,
             "mode": mode.value,
             "require_signature": options.require_signature,
+            "rate_limit_per_s": options.rate_limit_per_s,
         },
         work=work,
     )
@@ -172,9 +178,10 @@ async def create_key(
 @router.patch(
     "/api-keys/{key_id}",
     response_model=ApiKeyPublic,
-    summary="Require (or stop requiring) signed requests with an API key",
+    summary="Change an API key: signed requests, signing secret, rate limit",
     description="Turning signing on for a key without a signing secret, or rotating it, "
-    "returns the new `signing_secret`, once. Applies to every worker within seconds.",
+    "returns the new `signing_secret`, once. `rate_limit_per_s` sets the key's requests per "
+    "second (null: the deployment's default). Applies to every worker within seconds.",
 )
 async def update_key(
     key_id: Id,
@@ -185,17 +192,26 @@ async def update_key(
 ) -> Response:
     async def run() -> Response:
         async with runtime.db.acquire() as conn, conn.transaction():
+            if "rate_limit_per_s" in body.model_fields_set:
+                await set_rate_limit(conn, key_id, body.rate_limit_per_s)
+            current = await get_key(conn, key_id)
+            require = (
+                body.require_signature
+                if body.require_signature is not None
+                else current.require_signature
+            )
             state = await configure(
                 conn,
                 request.app.state.keyring.cipher,
                 key_id,
-                require_signature=body.require_signature,
+                require_signature=require,
                 rotate=body.rotate_signing_secret,
             )
             detail = {
                 "key_id": key_id,
                 "require_signature": state.require_signature,
                 "secret_created": state.new_secret is not None,
+                "rate_limit_per_s": current.rate_limit_per_s,
             }
             await audit.record(
                 conn,
@@ -211,6 +227,7 @@ async def update_key(
             prefix=state.prefix,
             require_signature=state.require_signature,
             signing_secret=state.new_secret,
+            rate_limit_per_s=current.rate_limit_per_s,
         )
         return json_response(200, public.model_dump(mode="json"))
 
@@ -218,7 +235,7 @@ async def update_key(
         request,
         runtime,
         operator.owner_label,
-        {"key_id": key_id, **body.model_dump(mode="json")},
+        {"key_id": key_id, **body.model_dump(mode="json", exclude_unset=True)},
         run,
     )
     # This worker applies the change at once; the others when their cache entry expires.
@@ -242,9 +259,14 @@ async def create_deposit(
     async def work(conn: Connection) -> Written:
         agent = await get_agent(conn, agent_id)
         entry_id, balance = await deposit(
-            conn, agent.id, body.amount, currency=agent.currency, reference=body.reference
+            conn,
+            agent.id,
+            body.amount,
+            currency=agent.currency,
+            reference=body.reference,
+            mode=body.mode,
         )
-        detail = {"entry_id": entry_id, "amount": body.amount}
+        detail = {"entry_id": entry_id, "amount": body.amount, "mode": body.mode}
         return (
             DepositPublic(entry_id=entry_id, balance=balance).model_dump(),
             f"agent:{agent_id}",

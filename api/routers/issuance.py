@@ -102,7 +102,7 @@ async def read(
     issuance_id: Annotated[str, Path(max_length=64)], request: Request, agent: AgentDep
 ) -> Response:
     service: IssuanceService = request.app.state.issuance
-    issuance = await service.reveal(agent.agent_id, issuance_id, agent.owner_label)
+    issuance = await service.reveal(agent.agent_id, issuance_id, agent.owner_label, agent.mode)
     return Response(_body(issuance), media_type="application/json")
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
-from api.deps import OperatorDep, RuntimeDep
+from api.deps import OperatorDep, RuntimeDep, authenticate, bearer_token
 from api.idempotency import Written, json_response, operator_write, run_idempotent
 from engine import audit
 from engine.errors import CommonError, DomainError
@@ -21,6 +21,7 @@ from engine.orders.service import NewOrder, OrderService, OrderView, contact_dig
 from engine.orders.stores import Store, get_store, set_store
 from engine.payments.base import PaymentRejected
 from engine.payments.sandbox import SandboxProvider
+from engine.principals import AgentKey
 from engine.storage.db import Connection
 
 log = structlog.get_logger(__name__)
@@ -29,6 +30,7 @@ T = TypeVar("T")
 router = APIRouter(tags=["orders"])
 
 _ORDER_NO = r"^[0-9A-Z]{14,40}$"
+TEST_KEY_PREFIX = "kami_test_"
 _SKU = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _EMAIL = r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$"
 
@@ -54,6 +56,12 @@ class OrderCreate(BaseModel):
     store: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     locale: Literal["zh-CN", "en"] = "zh-CN"
     device: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[ -~]+$")
+    promoter: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{4,32}$",
+        description="A promoter's link code (推广员): the order is attributed to it and its "
+        "commission is part of the sale's split.",
+    )
 
 
 class OrderCreated(BaseModel):
@@ -133,13 +141,26 @@ async def _check_lookup_budget(request: Request, runtime: RuntimeDep) -> None:
         )
 
 
+async def _order_mode(request: Request, runtime: RuntimeDep) -> str:
+    """Buyers send no credentials; a storefront testing its integration sends its test key
+    (`kami_test_…`) and gets a test order. Any other Authorization is ignored, as before."""
+    token = bearer_token(request)
+    if token is None or not token.startswith(TEST_KEY_PREFIX):
+        return "live"
+    principal = await authenticate(request, runtime, token)
+    return "test" if isinstance(principal, AgentKey) and principal.mode == "test" else "live"
+
+
 @router.post(
     "/v1/orders",
     status_code=status.HTTP_201_CREATED,
     response_model=OrderCreated,
     summary="Order keys (buyer): holds them until expires_at, returns where to pay",
+    description="With a test key (`Authorization: Bearer kami_test_…`) the order is a test "
+    "order: test stock, the sandbox provider only, the sandbox's money.",
 )
 async def create_order(body: OrderCreate, request: Request, runtime: RuntimeDep) -> Response:
+    mode = await _order_mode(request, runtime)
     kind, contact = (
         ("email", str(body.contact.email))
         if body.contact.email is not None
@@ -155,6 +176,8 @@ async def create_order(body: OrderCreate, request: Request, runtime: RuntimeDep)
         client_ip=_client_ip(request),
         device=body.device,
         locale=body.locale,
+        promoter=body.promoter,
+        mode=mode,
     )
 
     async def work() -> Response:
@@ -163,7 +186,7 @@ async def create_order(body: OrderCreate, request: Request, runtime: RuntimeDep)
 
     # Buyers have no account: their retries are told apart by contact, so two buyers who
     # pick the same Idempotency-Key never see each other's order.
-    owner = "buyer:" + contact_digest(kind, contact).hex()[:32]
+    owner = f"buyer:{'test:' if mode == 'test' else ''}" + contact_digest(kind, contact).hex()[:32]
     return await run_idempotent(request, runtime, owner, body.model_dump(mode="json"), work)
 
 

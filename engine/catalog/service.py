@@ -90,23 +90,39 @@ class StockCounts:
     issued: int
 
 
-async def stock_counts(conn: Executor, product_id: int) -> StockCounts:
-    """Counts by state from PostgreSQL, the source of truth (revoked keys are not stock).
+async def stock_counts(conn: Executor, product_id: int, mode: str = "live") -> StockCounts:
+    """Counts by state from PostgreSQL, the source of truth (revoked keys are not stock),
+    of the live stock or the test (sandbox) stock.
 
     Only keys that left 'available' are indexed by state; the available ones are the
     batches' accepted total minus every other state.
     """
-    total = await conn.fetchval(
-        "SELECT coalesce(sum(accepted), 0) FROM batches WHERE product_id = $1", product_id
-    )
     rows = await conn.fetch(
-        "SELECT state, count(*) AS n FROM card_keys "
-        "WHERE product_id = $1 AND state <> 'available' GROUP BY state",
+        "SELECT mode, coalesce(sum(accepted), 0) AS total FROM batches WHERE product_id = $1 "
+        "GROUP BY mode",
         product_id,
     )
+    totals = {row["mode"]: int(row["total"]) for row in rows}
+    if mode not in totals:
+        return StockCounts(0, 0, 0)
+    if len(totals) == 1:
+        # One mode only (the usual case): the count stays on the state index alone.
+        rows = await conn.fetch(
+            "SELECT state, count(*) AS n FROM card_keys "
+            "WHERE product_id = $1 AND state <> 'available' GROUP BY state",
+            product_id,
+        )
+    else:
+        rows = await conn.fetch(
+            "SELECT k.state, count(*) AS n FROM card_keys k JOIN batches b ON b.id = k.batch_id "
+            "WHERE k.product_id = $1 AND k.state <> 'available' AND b.mode = $2 "
+            "GROUP BY k.state",
+            product_id,
+            mode,
+        )
     counts = {row["state"]: row["n"] for row in rows}
     return StockCounts(
-        available=int(total) - sum(counts.values()),
+        available=totals[mode] - sum(counts.values()),
         held=counts.get("held", 0),
         issued=counts.get("issued", 0),
     )

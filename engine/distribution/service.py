@@ -45,6 +45,7 @@ class Agent:
     # reversals); both from engine.ledger.commissions.
     held: int = 0
     commission_total: int = 0
+    test_balance: int = 0
 
 
 async def _require_skus(conn: Connection, skus: Sequence[str]) -> dict[str, int]:
@@ -163,8 +164,10 @@ async def get_agent(conn: Executor, agent_id: int) -> Agent:
         "coalesce(-acc.balance, 0) AS balance, coalesce(acc.currency, 'CNY') AS currency, "
         "coalesce((SELECT -h.balance FROM accounts h WHERE h.code = 'agent:' || a.id || "
         "':held'), 0) AS held, coalesce((SELECT sum(c.amount) FROM commissions c "
-        "WHERE c.agent_id = a.id AND c.reversed_at IS NULL), 0)::bigint AS commission_total "
+        "WHERE c.agent_id = a.id AND c.reversed_at IS NULL), 0)::bigint AS commission_total, "
+        "coalesce(-tst.balance, 0) AS test_balance "
         "FROM agents a LEFT JOIN accounts acc ON acc.code = 'agent:' || a.id || ':balance' "
+        "LEFT JOIN accounts tst ON tst.code = 'agent:' || a.id || ':test_balance' "
         "WHERE a.id = $1",
         agent_id,
     )
@@ -174,7 +177,11 @@ async def get_agent(conn: Executor, agent_id: int) -> Agent:
 
 
 async def create_api_key(
-    conn: Connection, agent_id: int, mode: ApiKeyMode = ApiKeyMode.LIVE
+    conn: Connection,
+    agent_id: int,
+    mode: ApiKeyMode = ApiKeyMode.LIVE,
+    *,
+    rate_limit_per_s: int | None = None,
 ) -> tuple[int, str, str]:
     """Create a key; returns (id, key, prefix). The key is shown once: only its hash is kept."""
     if not await conn.fetchval("SELECT 1 FROM agents WHERE id = $1", agent_id):
@@ -182,11 +189,22 @@ async def create_api_key(
     key = new_api_key(mode)
     prefix = key[: len(f"kami_{mode.value}_") + 6]
     key_id: int = await conn.fetchval(
-        "INSERT INTO api_keys (agent_id, mode, prefix, secret_hash) VALUES ($1, $2, $3, $4) "
-        "RETURNING id",
+        "INSERT INTO api_keys (agent_id, mode, prefix, secret_hash, rate_limit_per_s) "
+        "VALUES ($1, $2, $3, $4, $5) RETURNING id",
         agent_id,
         mode.value,
         prefix,
         hash_secret(key),
+        rate_limit_per_s,
     )
+    if mode is ApiKeyMode.TEST:
+        # A test key spends the sandbox balance; it exists (at 0) from the key's creation,
+        # so a free test product needs no test deposit first.
+        await ensure_account(
+            conn,
+            agent_account_code(agent_id, "test"),
+            AccountKind.LIABILITY,
+            agent_id=agent_id,
+            mode="test",
+        )
     return key_id, key, prefix

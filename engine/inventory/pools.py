@@ -25,6 +25,14 @@ _NO_EXPIRY = 1 << 32  # seconds: after every real expiry date (year 2106)
 _BATCH_BITS = 20
 # Advisory lock space for pool rebuilds: "KAMIPOOL" in the high bytes, product id below.
 _REBUILD_LOCK_BASE = 0x4B414D49 << 32
+# Test stock (batches imported with mode "test") has a pool of its own, named by a suffix
+# no SKU can carry, so the Rust pool needs no notion of modes and a live take can never
+# reach a test entry. Ciphertexts stay bound to the product's SKU, not the pool name.
+TEST_POOL_SUFFIX = "~test"
+
+
+def pool_name(sku: str, mode: str = "live") -> str:
+    return sku + TEST_POOL_SUFFIX if mode == "test" else sku
 
 
 def priority(expires_at: datetime | None, batch_id: int) -> int:
@@ -47,8 +55,11 @@ async def load_batch(
     )
 
 
-async def rebuild(db: asyncpg.Pool, pool: Pool, sku: str, *, only_if_missing: bool = False) -> int:
-    """Replace the pool of `sku` with PostgreSQL's available keys; returns how many.
+async def rebuild(
+    db: asyncpg.Pool, pool: Pool, sku: str, *, only_if_missing: bool = False, mode: str = "live"
+) -> int:
+    """Replace the pool of `sku` (of its `mode`'s stock) with PostgreSQL's available keys;
+    returns how many.
 
     With `only_if_missing`, a pool another process rebuilt meanwhile is left alone: a second
     rebuild would put back entries taken since the first.
@@ -58,32 +69,38 @@ async def rebuild(db: asyncpg.Pool, pool: Pool, sku: str, *, only_if_missing: bo
         if product_id is None:
             return 0
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _REBUILD_LOCK_BASE + product_id)
-        if only_if_missing and await pool.exists(sku):
+        name = pool_name(sku, mode)
+        if only_if_missing and await pool.exists(name):
             return 0
         rows = await conn.fetch(
             "SELECT k.id, k.ciphertext, k.batch_id, b.expires_at FROM batches b "
             "JOIN card_keys k ON k.batch_id = b.id "
-            "WHERE b.product_id = $1 AND k.product_id = $1 AND k.state = 'available'",
+            "WHERE b.product_id = $1 AND k.product_id = $1 AND k.state = 'available' "
+            "AND b.mode = $2",
             product_id,
+            mode,
         )
         issued = await conn.fetchval(
-            "SELECT count(*) FROM card_keys WHERE product_id = $1 AND state = 'issued'", product_id
+            "SELECT count(*) FROM card_keys k JOIN batches b ON b.id = k.batch_id "
+            "WHERE k.product_id = $1 AND k.state = 'issued' AND b.mode = $2",
+            product_id,
+            mode,
         )
         entries = [
             (r["id"], r["ciphertext"], priority(r["expires_at"], r["batch_id"]), r["batch_id"])
             for r in rows
         ]
-        count = await pool.rebuild(sku, entries, issued=issued)
-    log.warning("pool_rebuilt", sku=sku, available=count)
+        count = await pool.rebuild(name, entries, issued=issued)
+    log.warning("pool_rebuilt", sku=sku, mode=mode, available=count)
     return count
 
 
-async def ensure_present(db: asyncpg.Pool, pool: Pool, sku: str) -> bool:
+async def ensure_present(db: asyncpg.Pool, pool: Pool, sku: str, mode: str = "live") -> bool:
     """Rebuild the pool if Redis has lost it. True when it was missing (and has now been
     rebuilt, by this call or a concurrent one): a caller's retry can succeed."""
-    if await pool.exists(sku):
+    if await pool.exists(pool_name(sku, mode)):
         return False
-    await rebuild(db, pool, sku, only_if_missing=True)
+    await rebuild(db, pool, sku, only_if_missing=True, mode=mode)
     return True
 
 
@@ -95,15 +112,17 @@ async def publish_batch(
     *,
     keys: tuple[Sequence[int], Sequence[bytes]] | None = None,
     expires_at: datetime | None = None,
+    mode: str = "live",
 ) -> int:
-    """Make a committed batch's keys available in the pool; returns how many were added.
+    """Make a committed batch's keys available in the pool (of the batch's `mode`);
+    returns how many were added.
 
     `keys` — the batch's (ids in increasing order, ciphertexts), with the batch's
     `expires_at` — spare reading them back when the importer still has them. A pool Redis
     does not have yet is built whole from PostgreSQL (which now includes this batch);
     loading only the batch would leave the product's earlier keys stranded.
     """
-    if await ensure_present(db, pool, sku):
+    if await ensure_present(db, pool, sku, mode):
         return 0  # rebuilt whole from PostgreSQL, this batch included
     if keys is None:
         rows = await db.fetch(
@@ -118,7 +137,7 @@ async def publish_batch(
         keys = ([r["id"] for r in rows], [r["ciphertext"] for r in rows])
     if not keys[0]:
         return 0
-    return await load_batch(pool, sku, batch_id, expires_at, *keys)
+    return await load_batch(pool, pool_name(sku, mode), batch_id, expires_at, *keys)
 
 
 # Parked entries of an import that never came back for them vanish after this.
@@ -203,6 +222,14 @@ async def rebuild_all(settings: Settings, sku: str | None = None) -> dict[str, i
             skus = [r["sku"] for r in await db.fetch("SELECT sku FROM products ORDER BY sku")]
         else:
             skus = [sku] if await db.fetchval("SELECT 1 FROM products WHERE sku = $1", sku) else []
-        return {name: await rebuild(db, pool, name) for name in skus}
+        counts = {name: await rebuild(db, pool, name) for name in skus}
+        for name in skus:
+            if await db.fetchval(
+                "SELECT 1 FROM batches b JOIN products p ON p.id = b.product_id "
+                "WHERE p.sku = $1 AND b.mode = 'test' LIMIT 1",
+                name,
+            ):
+                counts[pool_name(name, "test")] = await rebuild(db, pool, name, mode="test")
+        return counts
     finally:
         await db.close()

@@ -46,6 +46,7 @@ async def add_codes(
     expires_at: datetime | None = None,
     priority: int = 0,
     rejected: int = 0,
+    mode: str = "live",
     stage: Callable[[int, list[int], list[bytes]], Coroutine[Any, Any, None]] | None = None,
 ) -> BatchResult:
     """Add a batch in the caller's transaction (all of it or, on error, none of it).
@@ -61,14 +62,15 @@ async def add_codes(
         keyring.fingerprint_key, codes
     )
     batch_id: int = await conn.fetchval(
-        "INSERT INTO batches (product_id, name, source, unit_cost, expires_at, priority) "
-        "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        "INSERT INTO batches (product_id, name, source, unit_cost, expires_at, priority, mode) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         product.id,
         name,
         source,
         unit_cost,
         expires_at,
         priority,
+        mode,
     )
     # Ids follow fingerprint order, so both unique indexes grow by appending.
     ids = await _allocate_ids(conn, len(distinct))

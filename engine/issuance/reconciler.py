@@ -18,6 +18,7 @@ import asyncpg
 import structlog
 
 from engine._core import EngineError, Pool
+from engine.inventory.pools import pool_name
 
 log = structlog.get_logger(__name__)
 
@@ -46,16 +47,21 @@ class Reconciler:
         self._clock = clock
         self._suspects: dict[tuple[str, str], float] = {}
 
-    async def run_once(self) -> int:
-        """One pass over every product's pool; returns how many holders were restored."""
+    async def run_once(self, *, wait: bool = False) -> int:
+        """One pass over every product's pool; returns how many holders were restored.
+        While another worker's pass runs, this one is skipped (0), unless `wait`."""
         async with self._db.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK):
+            if wait:
+                await conn.execute("SELECT pg_advisory_lock($1)", _LOCK)
+            elif not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK):
                 return 0
             try:
                 skus = [r["sku"] for r in await conn.fetch("SELECT sku FROM products")]
                 restored = 0
                 for sku in skus:
                     restored += await self._reconcile(conn, sku)
+                    # The sandbox's pool of the product (test stock) has takers too.
+                    restored += await self._reconcile(conn, pool_name(sku, "test"))
                 return restored
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)

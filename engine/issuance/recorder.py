@@ -36,6 +36,7 @@ from engine.ledger.service import (
     agent_account_code,
     ensure_account,
     held_account_code,
+    revenue_account_code,
 )
 from engine.metrics import FLUSH_LATENCY, FLUSH_SIZE, INTEGRITY_ALARMS
 
@@ -69,10 +70,12 @@ class PendingIssuance:
     # What the agent's ancestors earn on this issuance (credited out of the amount; the
     # rest is revenue); empty for a top-level agent.
     commissions: tuple[CommissionShare, ...] = ()
+    # "test": a sandbox key's issuance, paid from the agent's test balance.
+    mode: str = "live"
 
     def __post_init__(self) -> None:
         if not self.debit_account:
-            self.debit_account = agent_account_code(self.agent_id)
+            self.debit_account = agent_account_code(self.agent_id, self.mode)
 
     @property
     def quantity(self) -> int:
@@ -113,7 +116,7 @@ class GroupCommitRecorder:
         self._max_flush = max_flush
         self._queue: list[_Slot] = []
         self._runner: asyncio.Task[None] | None = None
-        self._revenue_accounts: dict[str, int] = {}
+        self._revenue_accounts: dict[tuple[str, str], int] = {}
         # Commission accounts (`agent:N:balance` / `agent:N:held`) by code. Created outside
         # the flush's transaction, so an id cached here never belongs to a rolled-back row.
         self._commission_accounts: dict[str, int] = {}
@@ -191,13 +194,17 @@ class GroupCommitRecorder:
                     skus=sorted({items[p].sku for p in mismatch.positions}),
                 )
 
-    async def _revenue_account(self, conn: Any, currency: str) -> int:
-        account = self._revenue_accounts.get(currency)
+    async def _revenue_account(self, conn: Any, currency: str, mode: str) -> int:
+        account = self._revenue_accounts.get((currency, mode))
         if account is None:
             account = await ensure_account(
-                conn, f"platform:revenue:{currency}", AccountKind.REVENUE, currency=currency
+                conn,
+                revenue_account_code(currency, mode),
+                AccountKind.REVENUE,
+                currency=currency,
+                mode=mode,
             )
-            self._revenue_accounts[currency] = account
+            self._revenue_accounts[(currency, mode)] = account
         return account
 
     async def _commission_account(self, conn: Any, share: CommissionShare, currency: str) -> int:
@@ -225,7 +232,10 @@ class GroupCommitRecorder:
         if not live:
             return [r if r is not None else Recorded(Outcome.REPLAY) for r in results]
         batch = [items[i] for i in live]
-        revenue = {c: await self._revenue_account(conn, c) for c in {i.currency for i in batch}}
+        revenue = {
+            (c, m): await self._revenue_account(conn, c, m)
+            for c, m in {(i.currency, i.mode) for i in batch}
+        }
         public_ids = [new_public_id() for _ in batch]
         key_item = [n for n, item in enumerate(batch, 1) for _ in item.entry_ids]
         key_ids = [entry for item in batch for entry in item.entry_ids]
@@ -252,7 +262,7 @@ class GroupCommitRecorder:
                 [i.reference for i in batch],
                 [i.holder for i in batch],
                 [i.debit_account for i in batch],
-                [revenue[i.currency] for i in batch],
+                [revenue[(i.currency, i.mode)] for i in batch],
                 key_item,
                 key_ids,
                 [n for n, _, _ in shares],
@@ -261,6 +271,7 @@ class GroupCommitRecorder:
                 [share.agent_id for _, _, share in shares],
                 [share.kind.value for _, _, share in shares],
                 [share.hold_days or None for _, _, share in shares],
+                [i.mode for i in batch],
             )
         except asyncpg.PostgresError as exc:
             if exc.sqlstate != GUARD_SQLSTATE:
@@ -296,7 +307,7 @@ _RECORD_ISSUANCES = (
     "$5::bytea[], $6::bigint[], $7::text[], $8::int[], $9::bigint[], $10::bigint[], "
     "$11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], $16::int[], "
     "$17::bigint[], $18::int[], $19::bigint[], $20::bigint[], $21::bigint[], $22::text[], "
-    "$23::int[])"
+    "$23::int[], $24::text[])"
 )
 # Raised by kami_record_issuances when a key is no longer available (migration 0014).
 GUARD_SQLSTATE = "KM001"

@@ -31,7 +31,7 @@ from engine._core import (
 from engine.crypto.keyring import Keyring
 from engine.distribution.ancestry import AncestryCache
 from engine.errors import CommonError, DomainError
-from engine.inventory.pools import ensure_present
+from engine.inventory.pools import ensure_present, pool_name
 from engine.issuance.errors import IssuanceError
 from engine.issuance.recorder import GroupCommitRecorder, Outcome, PendingIssuance, Recorded
 from engine.issuance.terms import SaleTerms, TermsCache, below_cost_basis
@@ -70,9 +70,10 @@ class Issuance:
     created_at: datetime
 
 
-def holder_for(agent_id: int, idempotency_key: str) -> str:
+def holder_for(agent_id: int, idempotency_key: str, mode: str = "live") -> str:
     digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
-    return f"iss:{agent_id}:{digest}"
+    # A test key's request with the same Idempotency-Key is another request.
+    return f"iss:{agent_id}:test:{digest}" if mode == "test" else f"iss:{agent_id}:{digest}"
 
 
 class BalanceCache:
@@ -86,39 +87,42 @@ class BalanceCache:
 
     def __init__(self, ttl_s: float = BALANCE_TTL_S) -> None:
         self._ttl_s = ttl_s
-        # agent -> (expiry, spendable, read from the database)
-        self._funds: dict[int, tuple[float, int, bool]] = {}
+        # (agent, mode) -> (expiry, spendable, read from the database)
+        self._funds: dict[tuple[int, str], tuple[float, int, bool]] = {}
 
-    async def covers(self, db: asyncpg.Pool, agent_id: int, amount: int) -> bool:
-        cached = self._funds.get(agent_id)
+    async def covers(
+        self, db: asyncpg.Pool, agent_id: int, amount: int, mode: str = "live"
+    ) -> bool:
+        cached = self._funds.get((agent_id, mode))
         if cached is not None and cached[0] > time.monotonic():
             if cached[1] >= amount:
                 return True
             if cached[2]:
                 return False
-        return await self.spendable(db, agent_id) >= amount
+        return await self.spendable(db, agent_id, mode) >= amount
 
-    async def spendable(self, db: asyncpg.Pool, agent_id: int) -> int:
+    async def spendable(self, db: asyncpg.Pool, agent_id: int, mode: str = "live") -> int:
         now = time.monotonic()
-        cached = self._funds.get(agent_id)
+        cached = self._funds.get((agent_id, mode))
         if cached is not None and cached[0] > now and cached[2]:
             return cached[1]
         funds: int | None = await db.fetchval(
             "SELECT a.credit_limit - acc.balance FROM agents a JOIN accounts acc "
             "ON acc.code = $2 WHERE a.id = $1",
             agent_id,
-            agent_account_code(agent_id),
+            agent_account_code(agent_id, mode),
         )
         spendable = funds or 0
-        self._funds[agent_id] = (now + self._ttl_s, spendable, True)
+        self._funds[(agent_id, mode)] = (now + self._ttl_s, spendable, True)
         return spendable
 
-    def update(self, agent_id: int, spendable: int) -> None:
+    def update(self, agent_id: int, spendable: int, mode: str = "live") -> None:
         """What a commit saw under the agent's row lock; trusted only when it is enough."""
-        self._funds[agent_id] = (time.monotonic() + self._ttl_s, spendable, False)
+        self._funds[(agent_id, mode)] = (time.monotonic() + self._ttl_s, spendable, False)
 
     def forget(self, agent_id: int) -> None:
-        self._funds.pop(agent_id, None)
+        self._funds.pop((agent_id, "live"), None)
+        self._funds.pop((agent_id, "test"), None)
 
 
 class IssuanceService:
@@ -196,24 +200,29 @@ class IssuanceService:
             self._db, agent.level_id, agent.agent_id, sku, quantity
         )
         amount = price.amount
+        mode = agent.mode
         if not price.covers_cost_basis:
-            replay = await self._stored(agent.agent_id, idempotency_key)
+            replay = await self._stored(agent.agent_id, idempotency_key, mode)
             if replay is not None:
                 return await self._replay(agent.agent_id, replay, request_hash)
             raise below_cost_basis(sku)
         # Before the take: a tree priced out of order refuses the sale with nothing taken.
-        commissions = await self._ancestry.shares(
-            self._db, agent.agent_id, sku, price.unit_price, quantity
+        # Sandbox purchases settle no commissions: nobody earns from test money.
+        commissions = (
+            await self._ancestry.shares(self._db, agent.agent_id, sku, price.unit_price, quantity)
+            if mode == "live"
+            else ()
         )
-        if amount > 0 and not await self._balances.covers(self._db, agent.agent_id, amount):
+        if amount > 0 and not await self._balances.covers(self._db, agent.agent_id, amount, mode):
             # A retry of a committed request must still replay, whatever the balance now.
-            replay = await self._stored(agent.agent_id, idempotency_key)
+            replay = await self._stored(agent.agent_id, idempotency_key, mode)
             if replay is not None:
                 return await self._replay(agent.agent_id, replay, request_hash)
             raise _insufficient(amount)
 
-        holder = holder_for(agent.agent_id, idempotency_key)
-        entries = await self._take(sku, holder, quantity)
+        holder = holder_for(agent.agent_id, idempotency_key, mode)
+        pool = pool_name(sku, mode)
+        entries = await self._take(sku, holder, quantity, mode)
         pending = PendingIssuance(
             agent_id=agent.agent_id,
             api_key_id=agent.key_id,
@@ -227,12 +236,13 @@ class IssuanceService:
             holder=holder,
             entry_ids=[entry_id for entry_id, _ in entries],
             commissions=commissions,
+            mode=mode,
         )
         try:
             recorded = await self._recorder.record(pending)
         except BaseException as exc:
             # Nothing was committed: the keys go back for the next buyer, whatever failed.
-            await self._give_back(sku, holder)
+            await self._give_back(pool, holder)
             if isinstance(exc, STORE_CONNECTION_ERRORS):
                 log.error("issuance_commit_failed", sku=sku, error=type(exc).__name__)
                 raise DomainError(
@@ -252,10 +262,11 @@ class IssuanceService:
         pending: PendingIssuance,
         recorded: Recorded,
     ) -> Issuance:
+        pool = pool_name(terms.sku, pending.mode)
         if recorded.spendable_after is not None:
             # Without this, every commit emptied the cache and the next request of the
             # agent paid a database round trip for its pre-check (one per issuance in a sale).
-            self._balances.update(agent.agent_id, recorded.spendable_after)
+            self._balances.update(agent.agent_id, recorded.spendable_after, pending.mode)
         elif recorded.balance_after is not None:
             self._balances.forget(agent.agent_id)
         if recorded.outcome is Outcome.COMMITTED:
@@ -283,10 +294,10 @@ class IssuanceService:
                 created_at=recorded.created_at,
             )
         if recorded.outcome is Outcome.INSUFFICIENT_BALANCE:
-            await self._give_back(terms.sku, holder)
+            await self._give_back(pool, holder)
             raise _insufficient(pending.amount)
         if recorded.outcome is Outcome.REPLAY:
-            stored = await self._stored(agent.agent_id, pending.idempotency_key)
+            stored = await self._stored(agent.agent_id, pending.idempotency_key, pending.mode)
             if stored is None:  # pragma: no cover - the conflicting row cannot vanish
                 raise DomainError(CommonError.UNAVAILABLE, "Retry shortly.", retry_after=1)
             stored_ids = await self._db.fetch(
@@ -295,26 +306,29 @@ class IssuanceService:
             if {r["card_key_id"] for r in stored_ids} != set(pending.entry_ids):
                 # Redis had forgotten the first attempt, so this one took other entries;
                 # they were never committed and go back.
-                await self._give_back(terms.sku, holder)
+                await self._give_back(pool, holder)
             return await self._replay(agent.agent_id, stored, pending.request_hash)
         # Integrity alarm: some entries are issued already (Redis was rebuilt while they
         # were in flight). They leave circulation; the rest go back, and a retry with the
         # same Idempotency-Key takes fresh entries.
-        await self._give_back(terms.sku, holder, drop=recorded.unavailable)
+        await self._give_back(pool, holder, drop=recorded.unavailable)
         raise DomainError(
             IssuanceError.INTEGRITY_ALARM,
             "Issuance refused by an integrity check; nothing was delivered or charged.",
             retry_after=1,
         )
 
-    async def _take(self, sku: str, holder: str, quantity: int) -> list[tuple[int, bytes]]:
+    async def _take(
+        self, sku: str, holder: str, quantity: int, mode: str
+    ) -> list[tuple[int, bytes]]:
+        pool = pool_name(sku, mode)
         for attempt in (1, 2):
             try:
-                return await self._pool.take(sku, holder, quantity)
+                return await self._pool.take(pool, holder, quantity)
             except OutOfStock:
                 # An empty pool may be a lost one (Redis flushed or replaced): rebuild it
                 # from PostgreSQL once before saying no.
-                if attempt == 2 or not await ensure_present(self._db, self._pool, sku):
+                if attempt == 2 or not await ensure_present(self._db, self._pool, sku, mode):
                     raise DomainError(
                         IssuanceError.OUT_OF_STOCK,
                         f"Not enough stock of {sku} for {quantity}; nothing was issued.",
@@ -333,11 +347,11 @@ class IssuanceService:
                 ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _give_back(self, sku: str, holder: str, drop: Iterable[int] = ()) -> None:
+    async def _give_back(self, pool: str, holder: str, drop: Iterable[int] = ()) -> None:
         try:
-            await self._pool.restore(sku, holder, drop=list(drop))
+            await self._pool.restore(pool, holder, drop=list(drop))
         except Exception as exc:
-            log.warning("pool_restore_failed", sku=sku, error=type(exc).__name__)
+            log.warning("pool_restore_failed", pool=pool, error=type(exc).__name__)
 
     def _decrypt(self, sku: str, entries: list[tuple[int, bytes]]) -> list[str]:
         try:
@@ -349,11 +363,12 @@ class IssuanceService:
                 "Issued keys could not be decrypted; the operator has been alerted.",
             ) from None
 
-    async def _stored(self, agent_id: int, idempotency_key: str) -> int | None:
+    async def _stored(self, agent_id: int, idempotency_key: str, mode: str) -> int | None:
         issuance_id: int | None = await self._db.fetchval(
-            "SELECT id FROM issuances WHERE agent_id = $1 AND idempotency_key = $2",
+            "SELECT id FROM issuances WHERE agent_id = $1 AND idempotency_key = $2 AND mode = $3",
             agent_id,
             idempotency_key,
+            mode,
         )
         return issuance_id
 
@@ -369,10 +384,16 @@ class IssuanceService:
             )
         return await self._load(agent_id, issuance_id)
 
-    async def reveal(self, agent_id: int, public_id: str, actor: str) -> Issuance:
-        """An issuance with its keys, for its owner only; every reveal is audited."""
+    async def reveal(
+        self, agent_id: int, public_id: str, actor: str, mode: str = "live"
+    ) -> Issuance:
+        """An issuance with its keys, for its owner only, and only to a key of the mode it
+        was made in; every reveal is audited."""
         issuance_id: int | None = await self._db.fetchval(
-            "SELECT id FROM issuances WHERE public_id = $1 AND agent_id = $2", public_id, agent_id
+            "SELECT id FROM issuances WHERE public_id = $1 AND agent_id = $2 AND mode = $3",
+            public_id,
+            agent_id,
+            mode,
         )
         if issuance_id is None:
             raise DomainError(IssuanceError.ISSUANCE_NOT_FOUND, "No such issuance.")

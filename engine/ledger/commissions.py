@@ -63,16 +63,30 @@ async def hold_days(conn: Executor, agent_ids: Sequence[int]) -> dict[int, int]:
 
 
 async def credit_lines(
-    conn: Connection, shares: Sequence[AgentShare], currency: str, now: datetime
+    conn: Connection,
+    shares: Sequence[AgentShare],
+    currency: str,
+    now: datetime,
+    *,
+    mode: str = "live",
 ) -> list[CreditLine]:
-    """Where each share goes: the balance, or the held account until its release time."""
-    days = await hold_days(conn, [s.agent_id for s in shares])
+    """Where each share goes: the balance, or the held account until its release time.
+    Sandbox shares go to the test balance at once: nothing real is earned, so nothing held."""
+    live = mode == "live"
+    days = await hold_days(conn, [s.agent_id for s in shares]) if live else {}
     lines: list[CreditLine] = []
     for share in shares:
         held = days.get(share.agent_id, 0)
-        code = held_account_code(share.agent_id) if held else agent_account_code(share.agent_id)
+        code = (
+            held_account_code(share.agent_id) if held else agent_account_code(share.agent_id, mode)
+        )
         account = await ensure_account(
-            conn, code, AccountKind.LIABILITY, currency=currency, agent_id=share.agent_id
+            conn,
+            code,
+            AccountKind.LIABILITY,
+            currency=currency,
+            agent_id=share.agent_id,
+            mode=mode,
         )
         lines.append(CreditLine(share, account, now + timedelta(days=held) if held else None))
     return lines

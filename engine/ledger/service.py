@@ -42,8 +42,9 @@ class TrialBalance:
         return self.debits == self.credits
 
 
-def agent_account_code(agent_id: int) -> str:
-    return f"agent:{agent_id}:balance"
+def agent_account_code(agent_id: int, mode: str = "live") -> str:
+    # The sandbox's money (test keys, test deposits) never mixes with the live balance.
+    return f"agent:{agent_id}:test_balance" if mode == "test" else f"agent:{agent_id}:balance"
 
 
 def held_account_code(agent_id: int) -> str:
@@ -56,12 +57,12 @@ def withdrawing_account_code(agent_id: int) -> str:
     return f"agent:{agent_id}:withdrawing"
 
 
-def bank_account_code(currency: str) -> str:
-    return f"platform:bank:{currency}"
+def bank_account_code(currency: str, mode: str = "live") -> str:
+    return f"platform:test_bank:{currency}" if mode == "test" else f"platform:bank:{currency}"
 
 
-def revenue_account_code(currency: str) -> str:
-    return f"platform:revenue:{currency}"
+def revenue_account_code(currency: str, mode: str = "live") -> str:
+    return f"platform:test_revenue:{currency}" if mode == "test" else f"platform:revenue:{currency}"
 
 
 def clearing_account_code(provider: str, currency: str) -> str:
@@ -81,14 +82,16 @@ async def ensure_account(
     *,
     currency: str = "CNY",
     agent_id: int | None = None,
+    mode: str = "live",
 ) -> int:
     account_id: int | None = await conn.fetchval(
-        "INSERT INTO accounts (code, kind, currency, agent_id) VALUES ($1, $2, $3, $4) "
+        "INSERT INTO accounts (code, kind, currency, agent_id, mode) VALUES ($1, $2, $3, $4, $5) "
         "ON CONFLICT (code) DO NOTHING RETURNING id",
         code,
         kind.value,
         currency,
         agent_id,
+        mode,
     )
     if account_id is None:
         account_id = await conn.fetchval("SELECT id FROM accounts WHERE code = $1", code)
@@ -135,21 +138,25 @@ async def deposit(
     *,
     currency: str = "CNY",
     reference: str | None = None,
+    mode: str = "live",
 ) -> tuple[int, int]:
-    """Credit an agent's prepaid balance (预存款); returns (entry id, new balance)."""
+    """Credit an agent's prepaid balance (预存款), or its sandbox balance (`mode` test,
+    money that exists only for test keys); returns (entry id, new balance)."""
     if amount <= 0:
         raise DomainError(LedgerError.INVALID_AMOUNT, "A deposit must be a positive amount.")
     bank = await ensure_account(
-        conn, bank_account_code(currency), AccountKind.ASSET, currency=currency
+        conn, bank_account_code(currency, mode), AccountKind.ASSET, currency=currency, mode=mode
     )
     agent = await ensure_account(
         conn,
-        agent_account_code(agent_id),
+        agent_account_code(agent_id, mode),
         AccountKind.LIABILITY,
         currency=currency,
         agent_id=agent_id,
+        mode=mode,
     )
-    entry = await post(conn, "deposit", [(bank, amount), (agent, -amount)], reference=reference)
+    kind = "test.deposit" if mode == "test" else "deposit"
+    entry = await post(conn, kind, [(bank, amount), (agent, -amount)], reference=reference)
     balance: int = await conn.fetchval("SELECT -balance FROM accounts WHERE id = $1", agent)
     return entry, balance
 
@@ -177,10 +184,19 @@ async def receive_stock(
     )
 
 
-async def trial_balance(conn: Connection) -> TrialBalance:
-    row = await conn.fetchrow(
-        "SELECT coalesce(sum(amount) FILTER (WHERE amount > 0), 0) AS debits, "
-        "coalesce(-sum(amount) FILTER (WHERE amount < 0), 0) AS credits FROM journal_lines"
-    )
+async def trial_balance(conn: Connection, mode: str | None = None) -> TrialBalance:
+    """Over every account, or over one mode's: the sandbox balances on its own."""
+    if mode is None:
+        row = await conn.fetchrow(
+            "SELECT coalesce(sum(amount) FILTER (WHERE amount > 0), 0) AS debits, "
+            "coalesce(-sum(amount) FILTER (WHERE amount < 0), 0) AS credits FROM journal_lines"
+        )
+    else:
+        row = await conn.fetchrow(
+            "SELECT coalesce(sum(l.amount) FILTER (WHERE l.amount > 0), 0) AS debits, "
+            "coalesce(-sum(l.amount) FILTER (WHERE l.amount < 0), 0) AS credits "
+            "FROM journal_lines l JOIN accounts a ON a.id = l.account_id WHERE a.mode = $1",
+            mode,
+        )
     assert row is not None
     return TrialBalance(debits=int(row["debits"]), credits=int(row["credits"]))

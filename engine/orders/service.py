@@ -34,11 +34,18 @@ from engine.catalog.service import get_product
 from engine.crypto.keyring import Keyring
 from engine.distribution.commissions import AgentCost, Sale, Split, split_sale
 from engine.distribution.levels import agent_quotes, agent_unit_cost, check_sale_floor
+from engine.distribution.promoters import Promoter, promoter_for_order
 from engine.errors import DomainError
-from engine.inventory.pools import ensure_present
+from engine.inventory.pools import ensure_present, pool_name
 from engine.issuance.errors import IssuanceError
 from engine.ledger import commissions
-from engine.ledger.service import AccountKind, agent_account_code, ensure_account, post
+from engine.ledger.service import (
+    AccountKind,
+    agent_account_code,
+    ensure_account,
+    post,
+    revenue_account_code,
+)
 from engine.notify.outbox import emit_event, enqueue_email
 from engine.orders.errors import OrderError
 from engine.payments.base import (
@@ -54,6 +61,7 @@ from engine.storage.db import Connection
 log = structlog.get_logger(__name__)
 
 HOLDER_PREFIX = "ord:"
+SANDBOX = "sandbox"
 # The pool keeps an order's hold a little past `expires_at`, so a payment that lands at the
 # last second still finds its keys; the sweeper releases holds of expired orders.
 _HOLD_MARGIN_S = 120
@@ -94,6 +102,10 @@ class NewOrder:
     client_ip: str | None = None
     device: str | None = None
     locale: str = "zh-CN"
+    # A promoter's link code: the order is attributed to it and pays its commission.
+    promoter: str | None = None
+    # "test": placed with a test key — test stock, the sandbox provider, sandbox money.
+    mode: str = "live"
 
 
 @dataclass(frozen=True)
@@ -157,6 +169,13 @@ class OrderService:
 
     async def create(self, new: NewOrder) -> CreatedOrder:
         provider = self._providers.get(new.payment_method)
+        if new.mode == "test" and new.payment_method != SANDBOX:
+            # Test stock is never sold for real money.
+            raise DomainError(
+                OrderError.PAYMENT_METHOD_UNAVAILABLE,
+                "Test orders pay through the sandbox provider only.",
+                enabled=[SANDBOX] if SANDBOX in self._providers else [],
+            )
         if provider is None:
             raise DomainError(
                 OrderError.PAYMENT_METHOD_UNAVAILABLE,
@@ -176,22 +195,29 @@ class OrderService:
                 raise DomainError(IssuanceError.PRODUCT_UNAVAILABLE, f"{new.sku} is not on sale.")
             store_agent, unit_price, agent_cost = await self._price(conn, product.id, new)
             amount = unit_price * new.quantity
+            promoter = (
+                await promoter_for_order(conn, new.promoter, store_agent)
+                if new.promoter is not None
+                else None
+            )
             split = (
-                await self._split(conn, product.id, product.price, store_agent, unit_price, new)
-                if store_agent is not None
+                await self._split(
+                    conn, product.id, product.price, store_agent, unit_price, new, promoter
+                )
+                if store_agent is not None or promoter is not None
                 else None
             )
             async with conn.transaction():
                 await self._check_caps(conn, digest, client_ip, new, now)
-                await self._reserve(product.sku, holder, new.quantity)
+                await self._reserve(product.sku, holder, new.quantity, new.mode)
                 try:
                     await conn.execute(
                         "INSERT INTO orders (order_no, lookup_hash, product_id, sku, quantity, "
                         "unit_price, amount, currency, store_agent_id, agent_unit_cost, "
                         "contact_kind, contact, contact_hash, client_ip, device, locale, "
-                        "payment_method, holder, expires_at, created_at) VALUES ($1, $2, $3, "
-                        "$4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
-                        "$18, $19, $20)",
+                        "payment_method, holder, expires_at, created_at, promoter_agent_id, "
+                        "mode) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+                        "$14, $15, $16, $17, $18, $19, $20, $21, $22)",
                         order_no,
                         token_hash(token),
                         product.id,
@@ -212,12 +238,14 @@ class OrderService:
                         holder,
                         expires_at,
                         now,
+                        promoter.agent_id if promoter is not None else None,
+                        new.mode,
                     )
                     if split is not None:
                         await _store_shares(conn, order_no, split)
                     await audit.record(conn, "buyer", "order.created", f"order:{order_no}")
                 except BaseException:
-                    await self._release_quietly(product.sku, holder)
+                    await self._release_quietly(pool_name(product.sku, new.mode), holder)
                     raise
         try:
             pay = await provider.create(
@@ -291,12 +319,14 @@ class OrderService:
         conn: Connection,
         product_id: int,
         product_price: int,
-        store_agent: int,
+        store_agent: int | None,
         unit_price: int,
         new: NewOrder,
+        promoter: Promoter | None = None,
     ) -> Split:
-        """The sale's split up the store agent's tree, at today's level prices; refused
-        (before anyone pays) when a level's price is out of order."""
+        """The sale's split up the store agent's tree (none for a direct sale), at today's
+        level prices, with the promoter's commission; refused (before anyone pays) when a
+        level's price is out of order or the commission exceeds the seller's margin."""
         rows = await conn.fetch(
             "WITH RECURSIVE chain AS ("
             " SELECT id, parent_id, 0 AS depth FROM agents WHERE id = $1"
@@ -316,6 +346,7 @@ class OrderService:
                 unit_price=unit_price,
                 chain=tuple(AgentCost(a, quotes[a].unit_price) for a in path),
                 cost_basis=await cost_basis(conn, product_id),
+                promoter=promoter.terms if promoter is not None else None,
             )
         )
 
@@ -364,29 +395,30 @@ class OrderService:
                     retry_after=60,
                 )
 
-    async def _reserve(self, sku: str, holder: str, quantity: int) -> list[int]:
+    async def _reserve(self, sku: str, holder: str, quantity: int, mode: str = "live") -> list[int]:
         ttl_ms = (self._settings.order_payment_window_s + _HOLD_MARGIN_S) * 1000
+        pool = pool_name(sku, mode)
         try:
-            entries = await self._pool.reserve(sku, holder, quantity, ttl_ms)
+            entries = await self._pool.reserve(pool, holder, quantity, ttl_ms)
         except OutOfStock:
             # A pool Redis lost is rebuilt from PostgreSQL; then the stock is really known.
-            if not await ensure_present(self._db, self._pool, sku):
+            if not await ensure_present(self._db, self._pool, sku, mode):
                 raise DomainError(
                     IssuanceError.OUT_OF_STOCK, f"Not enough {sku} in stock."
                 ) from None
             try:
-                entries = await self._pool.reserve(sku, holder, quantity, ttl_ms)
+                entries = await self._pool.reserve(pool, holder, quantity, ttl_ms)
             except OutOfStock:
                 raise DomainError(
                     IssuanceError.OUT_OF_STOCK, f"Not enough {sku} in stock."
                 ) from None
         return [entry_id for entry_id, _ in entries]
 
-    async def _release_quietly(self, sku: str, holder: str) -> None:
+    async def _release_quietly(self, pool: str, holder: str) -> None:
         try:
-            await self._pool.release(sku, holder)
+            await self._pool.release(pool, holder)
         except Exception as exc:  # the hold's TTL returns the keys anyway
-            log.warning("order_release_failed", sku=sku, error=type(exc).__name__)
+            log.warning("order_release_failed", pool=pool, error=type(exc).__name__)
 
     # ------------------------------------------------------------------ read
 
@@ -512,6 +544,11 @@ class OrderService:
             order = await conn.fetchrow("SELECT * FROM orders WHERE order_no = $1", notice.order_no)
             if order is None:
                 raise _not_found()
+            if order["mode"] == "test" and notice.provider != SANDBOX:
+                log.error("test_order_paid_for_real", order_no=notice.order_no)
+                raise DomainError(
+                    OrderError.PAYMENT_REJECTED, "A test order is paid in the sandbox only."
+                )
             if notice.amount != order["amount"] or notice.currency != order["currency"]:
                 log.error(
                     "payment_mismatch",
@@ -533,28 +570,28 @@ class OrderService:
             except _IntegrityAlarm as alarm:
                 # Keys PostgreSQL says are gone leave circulation; the rest go back, and the
                 # provider's retry takes fresh ones.
-                await self._restore_quietly(order["sku"], order["holder"], alarm.unavailable)
+                await self._restore_quietly(_pool_of(order), order["holder"], alarm.unavailable)
                 raise
             except BaseException:
                 if entry_ids:
-                    await self._restore_quietly(order["sku"], order["holder"])
+                    await self._restore_quietly(_pool_of(order), order["holder"])
                 raise
 
     async def _secure_keys(self, order: asyncpg.Record) -> list[int] | None:
         """The order's keys, issued to its holder in the pool: its hold confirmed, or — the
         hold gone (late payment) — fresh ones reserved and confirmed. None: out of stock."""
-        sku, holder = order["sku"], order["holder"]
+        holder, pool = order["holder"], _pool_of(order)
         try:
-            return await self._pool.confirm(sku, holder)
+            return await self._pool.confirm(pool, holder)
         except HoldNotFound:
             pass
         try:
-            await self._reserve(sku, holder, order["quantity"])
+            await self._reserve(order["sku"], holder, order["quantity"], order["mode"])
         except DomainError as exc:
             if exc.code is IssuanceError.OUT_OF_STOCK:
                 return None
             raise
-        return await self._pool.confirm(sku, holder)
+        return await self._pool.confirm(pool, holder)
 
     async def _record_payment(
         self, conn: Connection, notice: PaymentNotice, entry_ids: list[int] | None
@@ -621,7 +658,7 @@ class OrderService:
         if len(updated) != len(set(entry_ids)) or len(entry_ids) != order["quantity"]:
             unavailable = sorted(set(entry_ids) - {r["id"] for r in updated})
             log.error("integrity_alarm", order_no=order["order_no"], unavailable=len(unavailable))
-            raise _IntegrityAlarm(order["sku"], order["holder"], unavailable)
+            raise _IntegrityAlarm(_pool_of(order), order["holder"], unavailable)
         await conn.execute(
             "INSERT INTO order_keys (order_id, position, card_key_id) "
             "SELECT $1, p - 1, k FROM unnest($2::bigint[]) WITH ORDINALITY AS u(k, p)",
@@ -685,18 +722,23 @@ class OrderService:
             },
         )
 
-    async def _accounts(self, conn: Connection, provider: str, currency: str) -> dict[str, int]:
+    async def _accounts(
+        self, conn: Connection, provider: str, currency: str, mode: str = "live"
+    ) -> dict[str, int]:
+        # Test orders move the sandbox's money only: accounts of their own, `platform:test_…`.
+        test = "test_" if mode == "test" else ""
         return {
             "clearing": await ensure_account(
-                conn, f"platform:clearing:{provider}:{currency}", AccountKind.ASSET,
-                currency=currency,
+                conn, f"platform:{test}clearing:{provider}:{currency}", AccountKind.ASSET,
+                currency=currency, mode=mode,
             ),
             "revenue": await ensure_account(
-                conn, f"platform:revenue:{currency}", AccountKind.REVENUE, currency=currency
+                conn, revenue_account_code(currency, mode), AccountKind.REVENUE,
+                currency=currency, mode=mode,
             ),
             "payable": await ensure_account(
-                conn, f"platform:refunds_payable:{currency}", AccountKind.LIABILITY,
-                currency=currency,
+                conn, f"platform:{test}refunds_payable:{currency}", AccountKind.LIABILITY,
+                currency=currency, mode=mode,
             ),
         }  # fmt: skip
 
@@ -710,7 +752,8 @@ class OrderService:
         amount = order["amount"]
         if amount == 0:
             return
-        acc = await self._accounts(conn, provider, order["currency"])
+        mode = order["mode"]
+        acc = await self._accounts(conn, provider, order["currency"], mode)
         shares = await conn.fetch(
             "SELECT agent_id, kind, amount FROM order_shares WHERE order_id = $1 "
             "AND amount > 0 AND agent_id IS NOT NULL ORDER BY position",
@@ -724,6 +767,7 @@ class OrderService:
             [commissions.AgentShare(r["agent_id"], r["kind"], r["amount"]) for r in shares],
             order["currency"],
             self._clock(),
+            mode=mode,
         )
         lines: list[tuple[int, int]] = [(acc["clearing"], amount)]
         lines += [(credit.account_id, -credit.share.amount) for credit in credits]
@@ -731,9 +775,11 @@ class OrderService:
         if amount - credited > 0:
             lines.append((acc["revenue"], -(amount - credited)))
         entry = await post(conn, "order.sale", _merge(lines), reference=order["order_no"])
-        await commissions.record(
-            conn, "order", order["order_no"], entry, order["currency"], credits
-        )
+        if mode == "live":
+            # Sandbox money is nobody's earnings: no commission records, no holds.
+            await commissions.record(
+                conn, "order", order["order_no"], entry, order["currency"], credits
+            )
 
     async def _journal_refund(
         self,
@@ -749,16 +795,17 @@ class OrderService:
             lines += [(account, value) for _, account, value in taken_back]
             credited = sum(value for _, _, value in taken_back)
         else:
-            # Paid before commissions were recorded one by one: the shares are in the
-            # agents' balances.
+            # A sandbox order, or one paid before commissions were recorded one by one:
+            # the shares are in the agents' balances.
             credited = 0
             for share in shares:
                 agent = await ensure_account(
                     conn,
-                    agent_account_code(share["agent_id"]),
+                    agent_account_code(share["agent_id"], order["mode"]),
                     AccountKind.LIABILITY,
                     currency=order["currency"],
                     agent_id=share["agent_id"],
+                    mode=order["mode"],
                 )
                 lines.append((agent, share["amount"]))
                 credited += share["amount"]
@@ -773,7 +820,7 @@ class OrderService:
     ) -> None:
         if notice.amount == 0:
             return
-        acc = await self._accounts(conn, notice.provider, notice.currency)
+        acc = await self._accounts(conn, notice.provider, notice.currency, order["mode"])
         await post(
             conn,
             "order.payment_unusable",
@@ -807,7 +854,7 @@ class OrderService:
         async with self._db.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "UPDATE orders SET status = $2, closed_at = $3 "
-                "WHERE order_no = $1 AND status = 'pending_payment' RETURNING sku, holder",
+                "WHERE order_no = $1 AND status = 'pending_payment' RETURNING sku, holder, mode",
                 order_no,
                 status,
                 self._clock(),
@@ -815,7 +862,7 @@ class OrderService:
             if row is None:
                 return False
             await audit.record(conn, actor, f"order.{status}", f"order:{order_no}")
-        await self._release_quietly(row["sku"], row["holder"])
+        await self._release_quietly(_pool_of(row), row["holder"])
         return True
 
     async def expire_due(self) -> int:
@@ -959,7 +1006,9 @@ class OrderService:
             )
             await self._journal_sale(conn, order, payment["provider"], reverse=True)
         elif payment["amount"] > 0:
-            acc = await self._accounts(conn, payment["provider"], payment["currency"])
+            acc = await self._accounts(
+                conn, payment["provider"], payment["currency"], order["mode"]
+            )
             await post(
                 conn,
                 "order.refund_unusable",
@@ -981,8 +1030,18 @@ async def _store_shares(conn: Connection, order_no: str, split: Split) -> None:
     )
 
 
+def _pool_of(order: asyncpg.Record) -> str:
+    """The pool an order's keys come from: its product's, live or test."""
+    return pool_name(order["sku"], order["mode"])
+
+
 def _agent_of(party: str) -> int | None:
-    return int(party.removeprefix("agent:")) if party.startswith("agent:") else None
+    # A promoter's party carries its agent id (engine.distribution.promoters): its share
+    # is credited to that agent's balance like the tree's.
+    for prefix in ("agent:", "promoter:"):
+        if party.startswith(prefix):
+            return int(party.removeprefix(prefix))
+    return None
 
 
 def _merge(lines: list[tuple[int, int]]) -> list[tuple[int, int]]:

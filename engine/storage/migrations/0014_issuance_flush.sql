@@ -41,7 +41,8 @@ CREATE FUNCTION kami_record_issuances(
     p_share_amount    bigint[],
     p_share_agent     bigint[],
     p_share_kind      text[],
-    p_share_hold_days integer[]
+    p_share_hold_days integer[],
+    p_mode            text[]
 ) RETURNS TABLE (
     item        integer,
     outcome     text,
@@ -106,16 +107,16 @@ BEGIN
         WITH ins AS (
             INSERT INTO issuances (public_id, agent_id, api_key_id, idempotency_key,
                 request_hash, product_id, sku, quantity, unit_price, amount, currency,
-                reference, holder)
+                reference, holder, mode)
             SELECT u.public_id, u.agent_id, u.api_key_id, u.idempotency_key, u.request_hash,
                    u.product_id, u.sku, u.quantity, u.unit_price, u.amount, u.currency,
-                   u.reference, u.holder
+                   u.reference, u.holder, u.mode
             FROM unnest(p_public_id, p_agent_id, p_api_key_id, p_idempotency_key,
                         p_request_hash, p_product_id, p_sku, p_quantity, p_unit_price,
-                        p_amount, p_currency, p_reference, p_holder)
+                        p_amount, p_currency, p_reference, p_holder, p_mode)
                  WITH ORDINALITY AS u(public_id, agent_id, api_key_id, idempotency_key,
                         request_hash, product_id, sku, quantity, unit_price, amount,
-                        currency, reference, holder, ord)
+                        currency, reference, holder, mode, ord)
             WHERE accepted[u.ord::integer]
             ON CONFLICT DO NOTHING
             RETURNING issuances.id, issuances.public_id, issuances.created_at

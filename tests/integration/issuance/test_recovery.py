@@ -39,12 +39,12 @@ async def test_an_orphaned_take_is_restored_after_the_grace_period(
     clock = FakeClock()
     reconciler = Reconciler(db, pool, grace_s=30, clock=clock)
     try:
-        assert await reconciler.run_once() == 0  # first sighting: maybe still in flight
+        assert await reconciler.run_once(wait=True) == 0  # first sighting: maybe still in flight
         clock.now += 10
-        assert await reconciler.run_once() == 0
+        assert await reconciler.run_once(wait=True) == 0
         clock.now += 25
-        assert await reconciler.run_once() == 1
-        assert await reconciler.run_once() == 0
+        assert await reconciler.run_once(wait=True) == 1
+        assert await reconciler.run_once(wait=True) == 0
     finally:
         await db.close()
     available, _, issued = await pool.stock(shop.sku)

@@ -424,11 +424,11 @@ async def test_a_confirmed_hold_without_a_delivery_goes_back_to_the_pool(
     assert await pool.stock(sku) == (1, 0, 2)
     now = [0.0]
     reconciler = Reconciler(app.state.runtime.db, pool, grace_s=30, clock=lambda: now[0])
-    assert await reconciler.run_once() == 0  # first sighting: maybe still committing
+    assert await reconciler.run_once(wait=True) == 0  # first sighting: maybe still committing
     now[0] = 31.0
     # At least this one: the reconciler sweeps the whole namespace, which other tests of
     # the session share; the stock of this SKU is what tells.
-    assert await reconciler.run_once() >= 1
+    assert await reconciler.run_once(wait=True) >= 1
     # The delivered order keeps its keys; the crashed one's key is back.
     assert await pool.stock(sku) == (2, 0, 1)
 
