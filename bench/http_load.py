@@ -29,6 +29,8 @@ class LoadResult:
     p95_ms: float
     p99_ms: float
     errors: dict[str, int] = field(default_factory=dict)
+    # A ramp (`ramp_locust`): each step's users and the successes per second they got.
+    steps: list[dict[str, float]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +134,41 @@ def run_locust(
         p95_ms=_num(agg["95%"]),
         p99_ms=_num(agg["99%"]),
         errors=errors,
+    )
+
+
+def ramp_locust(
+    label: str, host: str, out_dir: Path, *, steps: tuple[int, ...], seconds: int, **kwargs: Any
+) -> LoadResult:
+    """Saturation as a ramp: one run per user count, until throughput stops growing. Each
+    step is a whole Locust run (its own CSVs, its answers in flight finished and counted);
+    the result is the best step's, with every step's rate and the totals of all."""
+    results = [
+        run_locust(f"{label}_u{users}", host, out_dir, users=users, seconds=seconds, **kwargs)
+        for users in steps
+    ]
+    best = max(results, key=lambda r: r.ok_rps)
+    errors: dict[str, int] = {}
+    for r in results:
+        for code, count in r.errors.items():
+            errors[code] = errors.get(code, 0) + count
+    return LoadResult(
+        label=label,
+        users=best.users,
+        seconds=seconds * len(results),
+        user_rps=None,
+        requests=sum(r.requests for r in results),
+        failures=sum(r.failures for r in results),
+        rps=best.rps,
+        ok_rps=best.ok_rps,
+        peak_rps=best.ok_rps,
+        p50_ms=best.p50_ms,
+        p95_ms=best.p95_ms,
+        p99_ms=best.p99_ms,
+        errors=errors,
+        steps=[
+            {"users": r.users, "ok_rps": round(r.ok_rps, 1), "p99_ms": r.p99_ms} for r in results
+        ],
     )
 
 

@@ -30,7 +30,7 @@ import httpx
 
 from bench import baseline_redis as rb
 from bench import skip_locked
-from bench.http_load import LoadResult, paced_users, run_locust
+from bench.http_load import LoadResult, paced_users, ramp_locust, run_locust
 from bench.report import GOALS, draw_chart, evaluate_goals
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,9 +48,10 @@ class Sizes:
     engine_concurrency: tuple[int, ...]
     sale_keys: int
     users: int
-    saturation_s: int
+    # Each saturation run steps through these user counts, ramp_step_s seconds each.
+    ramp_users: tuple[int, ...]
+    ramp_step_s: int
     paced_s: int
-    baseline_s: int
     import_keys: int
     micro_filter: str
 
@@ -62,9 +63,9 @@ QUICK = Sizes(
     engine_concurrency=(64, 256),
     sale_keys=40_000,
     users=48,
-    saturation_s=10,
+    ramp_users=(48, 128),
+    ramp_step_s=6,
     paced_s=8,
-    baseline_s=7,
     import_keys=100_000,
     micro_filter="decrypt_many or encrypt_many or fingerprint_many or terms",
 )
@@ -75,9 +76,9 @@ FULL = Sizes(
     engine_concurrency=(64, 256),
     sale_keys=200_000,
     users=96,
-    saturation_s=45,
+    ramp_users=(48, 96, 192, 288),
+    ramp_step_s=12,
     paced_s=30,
-    baseline_s=25,
     import_keys=1_000_000,
     micro_filter="",
 )
@@ -568,16 +569,16 @@ def http_scenarios(
     profile_pids: list[int] | None = None,
 ) -> dict[str, Any]:
     runs: dict[str, LoadResult] = {}
-    log(f"http: kami saturation, {sizes.users} users for {sizes.saturation_s}s")
-    profiles = (
-        start_profiles(profile_pids, max(sizes.saturation_s - 4, 2), out) if profile_pids else []
-    )
-    runs["kami_saturation"] = run_locust(
+    steps, step_s = sizes.ramp_users, sizes.ramp_step_s
+    ramp_s = len(steps) * (step_s + 3)  # + Locust's start and stop per step
+    log(f"http: kami saturation, users {steps} for {step_s}s each")
+    profiles = start_profiles(profile_pids, max(ramp_s - 4, 2), out) if profile_pids else []
+    runs["kami_saturation"] = ramp_locust(
         "kami_saturation",
         base_url,
         out,
-        users=sizes.users,
-        seconds=sizes.saturation_s,
+        steps=steps,
+        seconds=step_s,
         api_key=api_key,
         sku=sku,
         processes=processes,
@@ -598,23 +599,17 @@ def http_scenarios(
         processes=processes,
     )
     log("http: no-op endpoint saturation")
-    runs["noop"] = run_locust(
-        "noop",
-        base_url,
-        out,
-        users=sizes.users,
-        seconds=sizes.baseline_s,
-        mode="noop",
-        processes=processes,
+    runs["noop"] = ramp_locust(
+        "noop", base_url, out, steps=steps, seconds=step_s, mode="noop", processes=processes
     )
     if skip_url is not None:
         log("http: skip_locked saturation")
-        runs["skip_locked"] = run_locust(
+        runs["skip_locked"] = ramp_locust(
             "skip_locked",
             skip_url,
             out,
-            users=sizes.users,
-            seconds=sizes.baseline_s,
+            steps=steps,
+            seconds=step_s,
             sku=f"{sku}-SKIP",
             processes=processes,
         )
@@ -622,6 +617,7 @@ def http_scenarios(
         log(
             f"  {name}: peak {r.peak_rps:,.0f}/s ok {r.ok_rps:,.0f}/s "
             f"p50 {r.p50_ms} p99 {r.p99_ms} errors {r.errors}"
+            + (f" steps {[(int(x['users']), x['ok_rps']) for x in r.steps]}" if r.steps else "")
         )
     result: dict[str, Any] = {name: r.as_dict() for name, r in runs.items()}
     if profile is not None:
