@@ -64,7 +64,9 @@ async def run_idempotent(
     key = request_key(request, required=required)
     if key is None:
         return await work()
-    stored = await idempotency.claim(runtime.db, owner, key, request_hash(request, payload))
+    # Responses are kept sealed: many carry secrets (API keys, signing secrets, card keys).
+    cipher = request.app.state.keyring.cipher
+    stored = await idempotency.claim(runtime.db, cipher, owner, key, request_hash(request, payload))
     if stored is not None:
         return Response(
             stored.body,
@@ -84,7 +86,9 @@ async def run_idempotent(
     except BaseException:
         await idempotency.release(runtime.db, owner, key)
         raise
-    await idempotency.complete(runtime.db, owner, key, response.status_code, bytes(response.body))
+    await idempotency.complete(
+        runtime.db, cipher, owner, key, response.status_code, bytes(response.body)
+    )
     return response
 
 

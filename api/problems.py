@@ -43,6 +43,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "internal_error": 500,
     # engine.idempotency
     "idempotency_in_progress": 409,
+    "idempotency_replay_unavailable": 409,
     # engine.signing: each a kind of bad credentials, so 401 like `unauthenticated`
     "invalid_signature": 401,
     "signature_expired": 401,
