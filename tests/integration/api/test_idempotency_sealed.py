@@ -1,0 +1,311 @@
+"""Idempotent responses are remembered sealed: a retry replays the secret it first handed
+out, byte for byte, while no plaintext secret sits anywhere in PostgreSQL.
+
+Every call that hands out a secret is made with an Idempotency-Key: an API key (with a
+signing secret), its rotation, a sub-agent with its key, and the PATCH that creates a
+signing secret. Then every row of every table is searched for each secret, as text and as
+the hex of its bytes (how a bytea column reads as text).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import pytest
+
+from engine import idempotency
+from engine._core import Cipher, CryptoError
+from tests.integration.issuance.conftest import Shop, make_shop
+
+
+@pytest.fixture
+async def shop(client: httpx.AsyncClient, operator_token: str) -> Shop:
+    return await make_shop(client, operator_token, keys=5)
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Handed:
+    """A response that carried a secret, and how to send its request again."""
+
+    method: str
+    path: str
+    body: object
+    headers: dict[str, str]
+    response: httpx.Response
+    secrets: list[str]
+
+
+async def _send(
+    shop: Shop, method: str, path: str, body: object, headers: dict[str, str]
+) -> httpx.Response:
+    return await shop.client.request(method, path, json=body, headers=headers)
+
+
+async def _hand_out_secrets(shop: Shop) -> list[Handed]:
+    handed: list[Handed] = []
+
+    async def call(method: str, path: str, body: object, auth: dict[str, str]) -> Handed:
+        headers = {**auth, "Idempotency-Key": f"sealed-{secrets.token_hex(8)}"}
+        response = await _send(shop, method, path, body, headers)
+        assert response.status_code in (200, 201), response.text
+        entry = Handed(method, path, body, headers, response, [])
+        handed.append(entry)
+        return entry
+
+    agents = f"/v1/agents/{shop.agent_id}/api-keys"
+    created = await call("POST", agents, {"require_signature": True}, shop.operator)
+    key = created.response.json()
+    created.secrets = [key["key"], key["signing_secret"]]
+
+    rotated = await call("POST", f"/v1/api-keys/{key['id']}/rotate", {"grace_s": 60}, shop.operator)
+    rotated.secrets = [rotated.response.json()["key"]]
+
+    plain = await call("POST", agents, {}, shop.operator)
+    plain.secrets = [plain.response.json()["key"]]
+    signing = await call(
+        "PATCH",
+        f"/v1/api-keys/{plain.response.json()['id']}",
+        {"require_signature": True},
+        shop.operator,
+    )
+    signing.secrets = [signing.response.json()["signing_secret"]]
+
+    # A parent whose level may create sub-agents, then its sub-agent with a key of its own.
+    top = await shop.client.post(
+        "/v1/agent-levels",
+        json={"name": "top", "rank": 90, "prices": {shop.sku: 1000}},
+        headers=shop.operator,
+    )
+    assert top.status_code == 201, top.text
+    allowed = await shop.client.patch(
+        f"/v1/agent-levels/{top.json()['id']}",
+        json={"can_create_sub_agents": True},
+        headers=shop.operator,
+    )
+    assert allowed.status_code == 200, allowed.text
+    low = await shop.client.post(
+        "/v1/agent-levels",
+        json={"name": "low", "rank": 10, "prices": {shop.sku: 1200}},
+        headers=shop.operator,
+    )
+    parent = await shop.client.post(
+        "/v1/agents", json={"name": "p", "level_id": top.json()["id"]}, headers=shop.operator
+    )
+    parent_key = await shop.client.post(
+        f"/v1/agents/{parent.json()['id']}/api-keys", headers=shop.operator
+    )
+    parent_auth = {"Authorization": f"Bearer {parent_key.json()['key']}"}
+    child = await call(
+        "POST", "/v1/me/sub-agents", {"name": "小王", "level_id": low.json()["id"]}, parent_auth
+    )
+    child.secrets = [child.response.json()["api_key"]["key"]]
+
+    for entry in handed:
+        assert entry.secrets and all(s and len(s) >= 20 for s in entry.secrets), entry.path
+    return handed
+
+
+async def _tables_holding(pg: asyncpg.Connection, needle: str) -> list[str]:
+    """Every table (in any schema but the catalogs) with a row whose text holds `needle`:
+    a row cast to text includes every column, bytea as `\\x` and its hex."""
+    tables = await pg.fetch(
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_type = 'BASE TABLE' "
+        "AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+    )
+    hexed = needle.encode().hex()
+    found = []
+    for t in tables:
+        name = f'"{t["table_schema"]}"."{t["table_name"]}"'
+        hits = await pg.fetchval(
+            f"SELECT count(*) FROM {name} r "
+            "WHERE strpos(r::text, $1) > 0 OR strpos(lower(r::text), $2) > 0",
+            needle,
+            hexed,
+        )
+        if hits:
+            found.append(name)
+    return found
+
+
+async def _idempotency_columns_holding(pg: asyncpg.Connection, needle: str) -> list[str]:
+    columns = await pg.fetch(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = 'idempotency_records' AND data_type IN ('text', 'bytea', "
+        "'character varying', 'json', 'jsonb')"
+    )
+    assert {c["column_name"] for c in columns} >= {"owner", "key", "request_hash"}
+    assert "response_sealed" in {c["column_name"] for c in columns}
+    found = []
+    for c in columns:
+        column = f'"{c["column_name"]}"'
+        if c["data_type"] == "bytea":
+            condition = f"position($1::bytea IN {column}) > 0"
+            value: object = needle.encode()
+        else:
+            condition = f"strpos({column}::text, $1) > 0"
+            value = needle
+        hits = await pg.fetchval(
+            f"SELECT count(*) FROM idempotency_records WHERE {condition}",
+            value,
+        )
+        if hits:
+            found.append(c["column_name"])
+    return found
+
+
+async def test_no_secret_is_at_rest_and_replays_return_it(
+    shop: Shop, pg: asyncpg.Connection
+) -> None:
+    handed = await _hand_out_secrets(shop)
+
+    stored = await pg.fetchval(
+        "SELECT count(*) FROM idempotency_records WHERE key = ANY($1::text[]) "
+        "AND status IS NOT NULL AND response_sealed IS NOT NULL",
+        [h.headers["Idempotency-Key"] for h in handed],
+    )
+    assert stored == len(handed)  # each response really was remembered
+    for entry in handed:
+        for secret in entry.secrets:
+            assert await _idempotency_columns_holding(pg, secret) == [], entry.path
+            assert await _tables_holding(pg, secret) == [], entry.path
+
+    # The searches do find what is there: a text column, and bytes in a bytea column.
+    some_key = handed[0].headers["Idempotency-Key"]
+    assert await _idempotency_columns_holding(pg, some_key) == ["key"]
+    canary = f"canary-{secrets.token_hex(12)}"
+    await pg.execute(
+        "INSERT INTO idempotency_records (owner, key, request_hash, status, response_sealed) "
+        "VALUES ('test:canary', $1, '\\x00', 201, $2)",
+        canary[:20],
+        f"xx{canary}yy".encode(),
+    )
+    try:
+        assert await _idempotency_columns_holding(pg, canary) == ["response_sealed"]
+        assert await _tables_holding(pg, canary) == ['"public"."idempotency_records"']
+    finally:
+        await pg.execute("DELETE FROM idempotency_records WHERE owner = 'test:canary'")
+
+    for entry in handed:
+        replay = await _send(shop, entry.method, entry.path, entry.body, entry.headers)
+        assert replay.status_code == entry.response.status_code
+        assert replay.content == entry.response.content
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        for secret in entry.secrets:
+            assert secret in replay.text
+
+
+async def _remembered(shop: Shop) -> tuple[dict[str, str], httpx.Response]:
+    headers = {**shop.operator, "Idempotency-Key": f"tamper-{secrets.token_hex(8)}"}
+    first = await _send(shop, "POST", f"/v1/agents/{shop.agent_id}/api-keys", {}, headers)
+    assert first.status_code == 201, first.text
+    return headers, first
+
+
+def _assert_refused(response: httpx.Response) -> None:
+    assert response.status_code == 409, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "idempotency_replay_unavailable"
+
+
+async def test_a_tampered_sealed_body_is_refused(shop: Shop, pg: asyncpg.Connection) -> None:
+    headers, _ = await _remembered(shop)
+    key = headers["Idempotency-Key"]
+    await pg.execute(
+        "UPDATE idempotency_records SET response_sealed = "
+        "overlay(response_sealed PLACING decode(lpad(to_hex(get_byte(response_sealed, 40) # 1), "
+        "2, '0'), 'hex') FROM 41 FOR 1) WHERE key = $1",
+        key,
+    )
+    path = f"/v1/agents/{shop.agent_id}/api-keys"
+    _assert_refused(await _send(shop, "POST", path, {}, headers))
+    # Refused, not run again: still the one key, and the record is kept (no second run later).
+    assert await pg.fetchval("SELECT count(*) FROM idempotency_records WHERE key = $1", key) == 1
+
+
+async def test_a_body_moved_or_a_status_changed_does_not_open(
+    shop: Shop, pg: asyncpg.Connection
+) -> None:
+    path = f"/v1/agents/{shop.agent_id}/api-keys"
+    first_headers, _ = await _remembered(shop)
+    second_headers, _ = await _remembered(shop)
+    # The first record's sealed body copied onto the second: bound to its own key, it fails.
+    await pg.execute(
+        "UPDATE idempotency_records SET response_sealed = "
+        "(SELECT response_sealed FROM idempotency_records WHERE key = $1) WHERE key = $2",
+        first_headers["Idempotency-Key"],
+        second_headers["Idempotency-Key"],
+    )
+    _assert_refused(await _send(shop, "POST", path, {}, second_headers))
+    # The status is bound too: a 201 relabelled as 200 does not open.
+    await pg.execute(
+        "UPDATE idempotency_records SET status = 200 WHERE key = $1",
+        first_headers["Idempotency-Key"],
+    )
+    _assert_refused(await _send(shop, "POST", path, {}, first_headers))
+
+
+async def test_a_record_without_a_sealed_body_is_refused_not_rerun(
+    shop: Shop, pg: asyncpg.Connection
+) -> None:
+    """What migration 0017 leaves of a completed record written before bodies were sealed."""
+    headers, _ = await _remembered(shop)
+    await pg.execute(
+        "UPDATE idempotency_records SET response_sealed = NULL WHERE key = $1",
+        headers["Idempotency-Key"],
+    )
+    keys_before = await pg.fetchval(
+        "SELECT count(*) FROM api_keys WHERE agent_id = $1", shop.agent_id
+    )
+    path = f"/v1/agents/{shop.agent_id}/api-keys"
+    _assert_refused(await _send(shop, "POST", path, {}, headers))
+    after = await pg.fetchval("SELECT count(*) FROM api_keys WHERE agent_id = $1", shop.agent_id)
+    assert after == keys_before
+
+
+async def test_the_sweeper_still_forgets_sealed_records(
+    shop: Shop, pg: asyncpg.Connection, database_url: str
+) -> None:
+    old, _ = await _remembered(shop)
+    fresh, _ = await _remembered(shop)
+    await pg.execute(
+        "UPDATE idempotency_records SET created_at = now() - interval '25 hours' WHERE key = $1",
+        old["Idempotency-Key"],
+    )
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        assert await idempotency.sweep(pool) >= 1
+    finally:
+        await pool.close()
+    remaining = await pg.fetch(
+        "SELECT key FROM idempotency_records WHERE key = ANY($1::text[])",
+        [old["Idempotency-Key"], fresh["Idempotency-Key"]],
+    )
+    assert [r["key"] for r in remaining] == [fresh["Idempotency-Key"]]
+
+
+def test_any_body_round_trips_and_is_bound_to_its_row() -> None:
+    cipher = Cipher(secrets.token_bytes(32))
+    cipher.generate_data_key(1)
+    cipher.set_active(1)
+    for body in [b"", '{"key":"kami_live_x","name":"\u5c0f\u738b"}'.encode(), b"\xff\x00\xfe"]:
+        sealed = idempotency.seal(cipher, "operator:1", "k-1", 201, body)
+        assert body not in sealed or not body
+        assert idempotency.unseal(cipher, "operator:1", "k-1", 201, sealed) == body
+        # Length-prefixed context: the same characters split otherwise are another row.
+        for owner, key, status in [("operator:1k", "-1", 201), ("operator:1", "k-1", 200)]:
+            with pytest.raises(CryptoError):
+                idempotency.unseal(cipher, owner, key, status, sealed)
