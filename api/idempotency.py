@@ -65,8 +65,12 @@ async def run_idempotent(
     if key is None:
         return await work()
     # Responses are kept sealed: many carry secrets (API keys, signing secrets, card keys).
-    cipher = request.app.state.keyring.cipher
-    stored = await idempotency.claim(runtime.db, cipher, owner, key, request_hash(request, payload))
+    keyring = request.app.state.keyring
+    cipher = keyring.cipher
+    digest = idempotency.request_mac(
+        idempotency.request_mac_key(keyring.fingerprint_key), request_hash(request, payload)
+    )
+    stored = await idempotency.claim(runtime.db, cipher, owner, key, digest)
     if stored is not None:
         return Response(
             stored.body,

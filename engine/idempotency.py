@@ -9,9 +9,9 @@ The remembered response is sealed by the keyring's `Cipher` (the card keys' AES-
 envelope): responses carry API keys, signing secrets, lookup tokens and card keys, none of
 which may sit in PostgreSQL in plaintext. The ciphertext is bound to the owner, the key and
 the status, so a body moved to another row, or a status changed beside it, does not open.
-A record whose body cannot be opened (tampered, another master key, or written before
-bodies were sealed) is answered `idempotency_replay_unavailable`: the work is never run a
-second time under the same key.
+The request hash is keyed too (`request_mac`). A record whose body cannot be opened
+(tampered, another master key, or written before bodies were sealed) is answered
+`idempotency_replay_unavailable`: the work is never run a second time under the same key.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,6 +54,17 @@ class IdempotencyError(StrEnum):
 class StoredResponse:
     status: int
     body: bytes
+
+
+def request_mac_key(fingerprint_key: bytes) -> bytes:
+    """The key of `request_mac`, derived so that it is never the fingerprint key itself."""
+    return hmac.new(fingerprint_key, b"kami idempotency request_hash v1", hashlib.sha256).digest()
+
+
+def request_mac(mac_key: bytes, request_digest: bytes) -> bytes:
+    # Keyed, like the card keys' fingerprints: some requests carry secrets (a card-key
+    # import's codes), and a plain hash of a short one is found by trying candidates.
+    return hmac.new(mac_key, request_digest, hashlib.sha256).digest()
 
 
 def _context(owner: str, key: str) -> str:
@@ -112,6 +125,8 @@ async def claim(
             )
         if row is None:
             continue  # released between our insert and select: try to claim again
+        if not row["request_hash"]:
+            raise _unavailable()  # written before migration 0017: nothing left to compare
         if row["request_hash"] != request_hash:
             raise DomainError(
                 CommonError.IDEMPOTENCY_CONFLICT,

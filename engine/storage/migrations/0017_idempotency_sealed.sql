@@ -1,10 +1,14 @@
 -- Idempotency records keep the first response sealed by the application keyring, never as
 -- sent: responses carry API keys, signing secrets, lookup tokens and card keys.
 --
--- Rows written before this migration hold plaintext bodies, which SQL cannot seal (the
--- master key never reaches the database). Their bodies are dropped; the rows themselves
--- stay until the sweeper forgets them (within 24 hours), so a retry with such a key is
--- still never run twice: it is answered `409 idempotency_replay_unavailable`.
+-- `request_hash` becomes keyed (an HMAC under a key derived from the keyring's fingerprint
+-- key), since some requests carry secrets too (a card-key import's codes).
+--
+-- Rows written before this migration hold plaintext bodies, which SQL cannot seal, and
+-- plain hashes, which SQL cannot key (the keys never reach the database). Both are dropped
+-- (an empty request_hash marks such a row); the rows themselves stay until the sweeper
+-- forgets them (within 24 hours), so a retry with such a key is still never run twice: it
+-- is answered `409 idempotency_replay_unavailable`.
 --
 -- The table is rebuilt rather than altered: an UPDATE or DROP COLUMN leaves the old bodies
 -- in dead tuples until a vacuum, while a new table's file holds only what is copied into it
@@ -13,6 +17,7 @@
 CREATE TABLE idempotency_records_sealed (
     owner            text NOT NULL,
     key              text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
+    -- HMAC-SHA256 of the request; empty for the rows of before this migration.
     request_hash     bytea NOT NULL,
     -- NULL while the first request is still being processed.
     status           smallint,
@@ -26,7 +31,7 @@ CREATE TABLE idempotency_records_sealed (
 
 INSERT INTO idempotency_records_sealed
     (owner, key, request_hash, status, response_sealed, created_at, completed_at)
-SELECT owner, key, request_hash, status, NULL, created_at, completed_at
+SELECT owner, key, '\x'::bytea, status, NULL, created_at, completed_at
 FROM idempotency_records;
 
 DROP TABLE idempotency_records;

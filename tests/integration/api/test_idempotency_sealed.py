@@ -10,16 +10,35 @@ the hex of its bytes (how a bytea column reads as text).
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+from starlette.requests import Request
 
+from api.app import create_app
+from api.idempotency import request_hash
 from engine import idempotency
 from engine._core import Cipher, CryptoError
+from engine.settings import Settings
+from engine.storage.migrate import MIGRATIONS_DIR, migrate
 from tests.integration.issuance.conftest import Shop, make_shop
+from tests.integration.orders.conftest import random_ip
+from tests.support.stores import StoreEndpoints, create_database, drop_database, new_run_id
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    # The sandbox provider, so that a guest order (with its lookup token) can be placed.
+    app = create_app(settings.model_copy(update={"sandbox": True}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=(random_ip(), 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://kami.test") as c:
+            yield c
 
 
 @pytest.fixture
@@ -113,6 +132,26 @@ async def _hand_out_secrets(shop: Shop) -> list[Handed]:
     )
     child.secrets = [child.response.json()["api_key"]["key"]]
 
+    # A card-key import (the request carries the secret) and a guest order (its lookup
+    # token is the buyer's only credential).
+    code = f"IDEM-{secrets.token_hex(10)}"
+    imported = await call(
+        "POST", f"/v1/products/{shop.sku}/batches", {"codes": [code]}, shop.operator
+    )
+    imported.secrets = [code]
+    order = await call(
+        "POST",
+        "/v1/orders",
+        {
+            "sku": shop.sku,
+            "quantity": 1,
+            "contact": {"email": f"buyer-{secrets.token_hex(4)}@example.com"},
+            "payment_method": "sandbox",
+        },
+        {},
+    )
+    order.secrets = [order.response.json()["lookup_token"]]
+
     for entry in handed:
         assert entry.secrets and all(s and len(s) >= 20 for s in entry.secrets), entry.path
     return handed
@@ -183,6 +222,18 @@ async def test_no_secret_is_at_rest_and_replays_return_it(
             assert await _idempotency_columns_holding(pg, secret) == [], entry.path
             assert await _tables_holding(pg, secret) == [], entry.path
 
+    # The request hash is keyed: not the plain SHA-256 that anyone could recompute.
+    rotation = handed[1]
+    scope = {"type": "http", "method": "POST", "path": rotation.path, "headers": []}
+    plain = request_hash(
+        Request(scope), {"rotate": int(rotation.path.split("/")[3]), "grace_s": 60}
+    )
+    kept = await pg.fetchval(
+        "SELECT request_hash FROM idempotency_records WHERE key = $1",
+        rotation.headers["Idempotency-Key"],
+    )
+    assert len(kept) == 32 and kept != plain
+
     # The searches do find what is there: a text column, and bytes in a bytea column.
     some_key = handed[0].headers["Idempotency-Key"]
     assert await _idempotency_columns_holding(pg, some_key) == ["key"]
@@ -204,6 +255,8 @@ async def test_no_secret_is_at_rest_and_replays_return_it(
         assert replay.status_code == entry.response.status_code
         assert replay.content == entry.response.content
         assert replay.headers["Idempotent-Replayed"] == "true"
+        if entry.path.endswith("/batches"):
+            continue  # the codes were only in the request
         for secret in entry.secrets:
             assert secret in replay.text
 
@@ -262,18 +315,28 @@ async def test_a_record_without_a_sealed_body_is_refused_not_rerun(
     shop: Shop, pg: asyncpg.Connection
 ) -> None:
     """What migration 0017 leaves of a completed record written before bodies were sealed."""
-    headers, _ = await _remembered(shop)
-    await pg.execute(
-        "UPDATE idempotency_records SET response_sealed = NULL WHERE key = $1",
-        headers["Idempotency-Key"],
-    )
-    keys_before = await pg.fetchval(
-        "SELECT count(*) FROM api_keys WHERE agent_id = $1", shop.agent_id
-    )
     path = f"/v1/agents/{shop.agent_id}/api-keys"
-    _assert_refused(await _send(shop, "POST", path, {}, headers))
-    after = await pg.fetchval("SELECT count(*) FROM api_keys WHERE agent_id = $1", shop.agent_id)
-    assert after == keys_before
+    for legacy in [
+        "response_sealed = NULL",  # its body dropped
+        "response_sealed = NULL, request_hash = '\\x'",  # and its plain hash too
+        "status = NULL, response_sealed = NULL, request_hash = '\\x'",  # was in progress
+    ]:
+        headers, _ = await _remembered(shop)
+        await pg.execute(
+            f"UPDATE idempotency_records SET {legacy} WHERE key = $1",
+            headers["Idempotency-Key"],
+        )
+        keys_before = await pg.fetchval(
+            "SELECT count(*) FROM api_keys WHERE agent_id = $1", shop.agent_id
+        )
+        _assert_refused(await _send(shop, "POST", path, {}, headers))
+        if "request_hash" in legacy:
+            # An emptied hash cannot tell another body apart: refused too, never run.
+            _assert_refused(await _send(shop, "POST", path, {"rate_limit_per_s": 5}, headers))
+        after = await pg.fetchval(
+            "SELECT count(*) FROM api_keys WHERE agent_id = $1", shop.agent_id
+        )
+        assert after == keys_before, legacy
 
 
 async def test_the_sweeper_still_forgets_sealed_records(
@@ -309,3 +372,54 @@ def test_any_body_round_trips_and_is_bound_to_its_row() -> None:
         for owner, key, status in [("operator:1k", "-1", 201), ("operator:1", "k-1", 200)]:
             with pytest.raises(CryptoError):
                 idempotency.unseal(cipher, owner, key, status, sealed)
+
+
+async def test_migration_0017_drops_plaintext_bodies_and_keeps_the_claims(
+    stores: StoreEndpoints, tmp_path: Path
+) -> None:
+    name = f"kami_idem_{new_run_id()}"
+    url = await create_database(stores.admin_database_url, name)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            for migration in MIGRATIONS_DIR.glob("*.sql"):
+                if int(migration.name[:4]) < 17:
+                    shutil.copy(migration, tmp_path / migration.name)
+            await migrate(conn, tmp_path)
+            secret = f"kami_live_{secrets.token_hex(16)}"
+            await conn.execute(
+                "INSERT INTO idempotency_records (owner, key, request_hash, status, response) "
+                "VALUES ('operator:1', 'done', $1, 201, $2), "
+                "('operator:1', 'running', $1, NULL, NULL)",
+                bytes(32),
+                f'{{"key":"{secret}"}}'.encode(),
+            )
+            assert await _tables_holding(conn, secret) == ['"public"."idempotency_records"']
+
+            assert "0017_idempotency_sealed" in await migrate(conn)
+            rows = await conn.fetch(
+                "SELECT key, request_hash, status, response_sealed FROM idempotency_records "
+                "ORDER BY key"
+            )
+            assert [tuple(r) for r in rows] == [
+                ("done", b"", 201, None),
+                ("running", b"", None, None),
+            ]
+            assert await _tables_holding(conn, secret) == []
+            # The sweeper's index and the key's check survive the rebuild.
+            indexes = await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'idempotency_records'"
+            )
+            assert {i["indexname"] for i in indexes} == {
+                "idempotency_records_pkey",
+                "idempotency_records_created",
+            }
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute(
+                    "INSERT INTO idempotency_records (owner, key, request_hash) "
+                    "VALUES ('o', '', '\\x00')"
+                )
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(stores.admin_database_url, name)
