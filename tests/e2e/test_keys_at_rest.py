@@ -42,7 +42,13 @@ def test_plaintext_keys_are_nowhere_at_rest(tmp_path: Path) -> None:
             level = c.post("/v1/agent-levels", json={"name": "l", "rank": 1}).json()
             agent = c.post("/v1/agents", json={"name": "a", "level_id": level["id"]}).json()
             c.post(f"/v1/agents/{agent['id']}/deposits", json={"amount": 1000})
-            key = c.post(f"/v1/agents/{agent['id']}/api-keys").json()["key"]
+            # With Idempotency-Keys, so that their responses are remembered (sealed) too.
+            keys = f"/v1/agents/{agent['id']}/api-keys"
+            key = c.post(keys, headers={"Idempotency-Key": "canary-key"}).json()["key"]
+            signing = c.post(
+                keys, json={"require_signature": True}, headers={"Idempotency-Key": "canary-sig"}
+            ).json()
+            signing_secret = signing["signing_secret"]
             issued = c.post(
                 "/v1/issuances",
                 json={"sku": "CANARY", "quantity": 5},
@@ -55,16 +61,20 @@ def test_plaintext_keys_are_nowhere_at_rest(tmp_path: Path) -> None:
             c.get("/readyz")
         assert kami.stop() == 0
 
-    needles = [c.encode() for c in canaries] + [c.encode("utf-16-le") for c in canaries]
+    secrets_handed_out = [*canaries, key, signing["key"], signing_secret]
+    needles = [c.encode() for c in secrets_handed_out] + [
+        c.encode("utf-16-le") for c in secrets_handed_out
+    ]
     searched = 0
     for path in _files(data_dir):
         content = path.read_bytes()
         searched += len(content)
         for needle in needles:
-            assert needle not in content, f"plaintext key found in {path.relative_to(data_dir)}"
+            assert needle not in content, f"plaintext secret in {path.relative_to(data_dir)}"
     assert searched > 1_000_000  # the database really was there to search
     printed = kami.output
     assert '"level": "debug"' in printed  # debug logging was really on
     for canary in canaries:
         assert canary not in printed
     assert key not in printed
+    assert signing_secret not in printed
