@@ -152,8 +152,8 @@ def _opened(
     try:
         return StoredResponse(status, unseal(cipher, owner, key, status, sealed))
     except (CryptoError, ValueError):
-        # Never the plaintext, and not the ciphertext either: only which record it was.
-        log.error("idempotent_response_unopenable", owner=owner)
+        # Never the plaintext, nor the ciphertext: only which record it was.
+        log.error("idempotent_response_unopenable", owner=owner, key=key)
         raise _unavailable() from None
 
 
