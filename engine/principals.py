@@ -99,6 +99,16 @@ class PrincipalCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    def forget_agent(self, agent_id: int) -> None:
+        """Drop every cached key of an agent, so its suspension applies at once here."""
+        stale = [
+            digest
+            for digest, (_, principal) in self._entries.items()
+            if isinstance(principal, AgentKey) and principal.agent_id == agent_id
+        ]
+        for digest in stale:
+            del self._entries[digest]
+
     def forget_key(self, key_id: int) -> None:
         """Drop an API key's cached principal, so a change to it applies at once here."""
         stale = [
