@@ -100,11 +100,14 @@ class PrincipalCache:
         self._entries.clear()
 
     def forget_agent(self, agent_id: int) -> None:
-        """Drop every cached key of an agent, so its suspension applies at once here."""
+        """Drop every cached key of an agent, so its suspension (or reactivation) applies
+        at once here. A suspended agent's keys are cached as refusals, which name no
+        agent: every refusal goes too (they cost one lookup each to learn again)."""
         stale = [
             digest
             for digest, (_, principal) in self._entries.items()
-            if isinstance(principal, AgentKey) and principal.agent_id == agent_id
+            if principal is None
+            or (isinstance(principal, AgentKey) and principal.agent_id == agent_id)
         ]
         for digest in stale:
             del self._entries[digest]

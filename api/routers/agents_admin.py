@@ -17,8 +17,8 @@ from api.schemas import AgentPublic, Id, Money, Name, RequestModel
 from api.schemas_finance import MyIssuancePage, MyIssuancePublic, MyOrderPage, MyOrderPublic
 from api.schemas_levels import SubAgentPage
 from engine import audit
-from engine.distribution import cursors, portal
 from engine.distribution import admin as agents
+from engine.distribution import cursors, portal
 from engine.distribution.service import Agent
 from engine.distribution.sub_agents import list_sub_agents
 from engine.ledger import statements

@@ -45,9 +45,7 @@ router = APIRouter(prefix="/v1/me", tags=["me"])
 )
 async def me(runtime: RuntimeDep, agent: AgentDep) -> Response:
     found = await portal.summary(runtime.db, agent.agent_id, agent.mode)
-    return json_response(
-        200, MePublic(**asdict(found), mode=agent.mode).model_dump(mode="json")
-    )
+    return json_response(200, MePublic(**asdict(found), mode=agent.mode).model_dump(mode="json"))
 
 
 @router.get(
@@ -137,9 +135,7 @@ async def my_statement_csv(runtime: RuntimeDep, agent: AgentDep, period: PeriodD
     summary="My whole statement as XLSX",
 )
 async def my_statement_xlsx(runtime: RuntimeDep, agent: AgentDep, period: PeriodDep) -> Response:
-    return await statement_response(
-        runtime, agent.agent_id, "xlsx", 0, None, period, agent.mode
-    )
+    return await statement_response(runtime, agent.agent_id, "xlsx", 0, None, period, agent.mode)
 
 
 @router.post(
