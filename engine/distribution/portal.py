@@ -70,16 +70,15 @@ class SalesTotals:
 async def summary(conn: Executor, agent_id: int, mode: str = "live") -> AccountSummary:
     """The money of one mode. The sandbox has a balance only: its commissions go to the
     test balance at once (never held) and it cannot be withdrawn, so `held` and
-    `withdrawing` are 0; `commission_total` counts the commissions of the mode's entries."""
+    `withdrawing` are 0; `commissions` records live earnings only, so its
+    `commission_total` is 0 too."""
     live = mode == "live"
     row = await conn.fetchrow(
         "SELECT a.id, a.name, a.level_id, a.parent_id, a.credit_limit, "
         "coalesce(b.currency, 'CNY') AS currency, coalesce(-b.balance, 0) AS balance, "
         "coalesce(-h.balance, 0) AS held, coalesce(-w.balance, 0) AS withdrawing, "
         "coalesce((SELECT sum(c.amount) FROM commissions c WHERE c.agent_id = a.id "
-        "AND c.reversed_at IS NULL AND EXISTS (SELECT 1 FROM journal_lines jl "
-        " JOIN accounts x ON x.id = jl.account_id WHERE jl.entry_id = c.entry_id "
-        " AND x.mode = $5)), 0)::bigint AS commission_total "
+        "AND c.reversed_at IS NULL AND $5), 0)::bigint AS commission_total "
         "FROM agents a LEFT JOIN accounts b ON b.code = $2 "
         "LEFT JOIN accounts h ON h.code = $3 LEFT JOIN accounts w ON w.code = $4 "
         "WHERE a.id = $1",
@@ -87,7 +86,7 @@ async def summary(conn: Executor, agent_id: int, mode: str = "live") -> AccountS
         agent_account_code(agent_id, mode),
         held_account_code(agent_id) if live else None,
         withdrawing_account_code(agent_id) if live else None,
-        mode,
+        live,
     )
     if row is None:
         raise DomainError(DistributionError.AGENT_NOT_FOUND, f"No agent {agent_id}.")
