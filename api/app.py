@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from api import problems
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.routers import (
+    agents_admin,
     catalog,
     distribution,
     finance,
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         me_finance.router,
         keys.router,
         promoters.router,
+        agents_admin.router,
     ):
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -112,6 +112,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "sub_agents_not_allowed": 403,
     "level_not_below_parent": 422,
     "level_unchanged": 409,
+    # engine.distribution.admin
+    "live_key_required": 403,
+    "agent_unchanged": 409,
     # engine.ledger
     "insufficient_balance": 402,
     "invalid_amount": 422,

@@ -90,6 +90,9 @@ class MePublic(BaseModel):
     commission_total: int
     credit_limit: int
     spendable: int = Field(description="balance + credit_limit: what a purchase may use now")
+    mode: Literal["live", "test"] = Field(
+        "live", description="The key's mode: `test` reports the sandbox's test balance"
+    )
 
 
 class MyIssuancePublic(BaseModel):

@@ -99,6 +99,19 @@ class PrincipalCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    def forget_agent(self, agent_id: int) -> None:
+        """Drop every cached key of an agent, so its suspension (or reactivation) applies
+        at once here. A suspended agent's keys are cached as refusals, which name no
+        agent: every refusal goes too (they cost one lookup each to learn again)."""
+        stale = [
+            digest
+            for digest, (_, principal) in self._entries.items()
+            if principal is None
+            or (isinstance(principal, AgentKey) and principal.agent_id == agent_id)
+        ]
+        for digest in stale:
+            del self._entries[digest]
+
     def forget_key(self, key_id: int) -> None:
         """Drop an API key's cached principal, so a change to it applies at once here."""
         stale = [

@@ -207,18 +207,17 @@ async def update_key(
                 require_signature=require,
                 rotate=body.rotate_signing_secret,
             )
+            # The fields the request set, by name: a rate-limit change is not a signing
+            # change, and the audit says which it was.
             detail = {
                 "key_id": key_id,
+                "fields": sorted(body.model_dump(exclude_unset=True)),
                 "require_signature": state.require_signature,
                 "secret_created": state.new_secret is not None,
                 "rate_limit_per_s": current.rate_limit_per_s,
             }
             await audit.record(
-                conn,
-                operator.owner_label,
-                "api_key.signing_changed",
-                f"agent:{state.agent_id}",
-                detail,
+                conn, operator.owner_label, "api_key.updated", f"agent:{state.agent_id}", detail
             )
         public = ApiKeyPublic(
             id=state.key_id,

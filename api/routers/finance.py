@@ -65,24 +65,25 @@ async def statement_response(
     limit: int,
     cursor: str | None,
     period: Period = ALL_TIME,
+    mode: str = "live",
 ) -> Response:
     """A page of JSON, or the whole statement (of the period) as CSV (streamed) or XLSX."""
-    filename = f"statement-agent-{agent_id}"
+    filename = f"statement-agent-{agent_id}" + ("-test" if mode == "test" else "")
     if fmt == "csv":
         return StreamingResponse(
-            statements.csv_export(runtime.db, agent_id, period),
+            statements.csv_export(runtime.db, agent_id, period, mode),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{filename}.csv"'},
         )
     if fmt == "xlsx":
         return Response(
-            await statements.xlsx_export(runtime.db, agent_id, period),
+            await statements.xlsx_export(runtime.db, agent_id, period, mode),
             media_type=XLSX_MEDIA_TYPE,
             headers={"Content-Disposition": f'attachment; filename="{filename}.xlsx"'},
         )
     after = statements.decode_line_cursor(cursor) if cursor else None
     found = await statements.statement(
-        runtime.db, agent_id, limit=limit + 1, after=after, period=period
+        runtime.db, agent_id, limit=limit + 1, after=after, period=period, mode=mode
     )
     page = found[:limit]
     body = StatementPage(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
@@ -30,6 +30,7 @@ from api.schemas_levels import (
     SubAgentPublic,
 )
 from engine import audit
+from engine.distribution.admin import require_live
 from engine.distribution.levels import (
     LevelChanges,
     LevelDetail,
@@ -270,11 +271,14 @@ async def my_prices(
     status_code=status.HTTP_201_CREATED,
     response_model=SubAgentCreated,
     summary="Create a sub-agent at a lower level, with its prices and an API key",
-    description="Needs a level with `can_create_sub_agents`. The API key is shown once.",
+    description="Needs a level with `can_create_sub_agents` and a live key (a test key: "
+    "`403 live_key_required`). The API key is shown once.",
 )
 async def create_my_sub_agent(
     body: SubAgentCreate, request: Request, runtime: RuntimeDep, agent: AgentDep
 ) -> Response:
+    require_live(agent.mode)
+
     async def work(conn: Connection) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
         created = await create_sub_agent(
             conn,
@@ -318,6 +322,7 @@ async def create_my_sub_agent(
     "/me/sub-agents",
     response_model=SubAgentPage,
     summary="My sub-agents, the prices I set for them and their sales totals",
+    description="With a test key, their test balances and sandbox sales.",
 )
 async def my_sub_agents(
     runtime: RuntimeDep, agent: AgentDep, limit: Limit = 50, cursor: Cursor = None
@@ -326,7 +331,9 @@ async def my_sub_agents(
     found = await list_sub_agents(runtime.db, agent.agent_id, limit=limit + 1, after_id=after)
     page = found[:limit]
     next_cursor = encode_cursor(page[-1].agent.id) if len(found) > limit else None
-    totals = await sales_totals(runtime.db, [s.agent.id for s in page])
+    totals = await sales_totals(runtime.db, [s.agent.id for s in page], agent.mode)
+    if agent.mode != "live":
+        page = [replace(s, agent=replace(s.agent, balance=s.agent.test_balance)) for s in page]
     data = [_sub_agent_body(s, totals.get(s.agent.id)) for s in page]
     return json_response(200, {"data": data, "next_cursor": next_cursor})
 
@@ -336,7 +343,7 @@ async def my_sub_agents(
     response_model=SubAgentPublic,
     summary="Set what one of my sub-agents pays me per SKU (replaces every price)",
     description="Each price at least your own cost (`price_below_cost`) and the platform's "
-    "cost basis (`price_below_cost_basis`).",
+    "cost basis (`price_below_cost_basis`). Needs a live key (`403 live_key_required`).",
 )
 async def set_my_sub_agent_prices(
     agent_id: Id,
@@ -345,6 +352,8 @@ async def set_my_sub_agent_prices(
     runtime: RuntimeDep,
     agent: AgentDep,
 ) -> Response:
+    require_live(agent.mode)
+
     async def work(conn: Connection) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
         sub = await set_child_prices(conn, agent.agent_id, agent_id, body.prices)
         return _sub_agent_body(sub), f"agent:{agent_id}", {"prices": sub.prices}

@@ -31,23 +31,35 @@ from api.schemas_finance import (
     WithdrawalPublic,
 )
 from engine.distribution import portal
+from engine.distribution.admin import require_live
 from engine.ledger import statements, withdrawals
 
 router = APIRouter(prefix="/v1/me", tags=["me"])
 
 
-@router.get("", response_model=MePublic, summary="My balance, held commissions and credit")
+@router.get(
+    "",
+    response_model=MePublic,
+    summary="My balance, held commissions and credit",
+    description="With a test key, the sandbox: the test balance (`mode` says which).",
+)
 async def me(runtime: RuntimeDep, agent: AgentDep) -> Response:
-    found = await portal.summary(runtime.db, agent.agent_id)
-    return json_response(200, MePublic(**asdict(found)).model_dump(mode="json"))
+    found = await portal.summary(runtime.db, agent.agent_id, agent.mode)
+    return json_response(200, MePublic(**asdict(found), mode=agent.mode).model_dump(mode="json"))
 
 
-@router.get("/issuances", response_model=MyIssuancePage, summary="My issuances, newest first")
+@router.get(
+    "/issuances",
+    response_model=MyIssuancePage,
+    summary="My issuances of my key's mode (live or test), newest first",
+)
 async def my_issuances(
     runtime: RuntimeDep, agent: AgentDep, limit: Limit = 50, cursor: Cursor = None
 ) -> Response:
     before = statements.decode_cursor(cursor, "iss", 1)[0] if cursor else None
-    found = await portal.issuances(runtime.db, agent.agent_id, limit=limit + 1, before_id=before)
+    found = await portal.issuances(
+        runtime.db, agent.agent_id, limit=limit + 1, before_id=before, mode=agent.mode
+    )
     page = found[:limit]
     data = [
         MyIssuancePublic(
@@ -65,12 +77,18 @@ async def my_issuances(
     return json_response(200, {"data": data, "next_cursor": next_cursor})
 
 
-@router.get("/orders", response_model=MyOrderPage, summary="My sub-store's orders, newest first")
+@router.get(
+    "/orders",
+    response_model=MyOrderPage,
+    summary="My sub-store's orders of my key's mode (live or test), newest first",
+)
 async def my_orders(
     runtime: RuntimeDep, agent: AgentDep, limit: Limit = 50, cursor: Cursor = None
 ) -> Response:
     before = statements.decode_cursor(cursor, "ord", 1)[0] if cursor else None
-    found = await portal.orders(runtime.db, agent.agent_id, limit=limit + 1, before_id=before)
+    found = await portal.orders(
+        runtime.db, agent.agent_id, limit=limit + 1, before_id=before, mode=agent.mode
+    )
     page = found[:limit]
     data = [
         MyOrderPublic(**{k: v for k, v in asdict(o).items() if k != "id"}).model_dump(mode="json")
@@ -85,6 +103,7 @@ async def my_orders(
     response_model=StatementPage,
     responses={200: STATEMENT_FORMATS},
     summary="My statement: every line of my accounts with running balances",
+    description="With a test key, the statement of the test balance only.",
 )
 async def my_statement(
     runtime: RuntimeDep,
@@ -94,7 +113,9 @@ async def my_statement(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
-    return await statement_response(runtime, agent.agent_id, format, limit, cursor, period)
+    return await statement_response(
+        runtime, agent.agent_id, format, limit, cursor, period, agent.mode
+    )
 
 
 @router.get(
@@ -104,7 +125,7 @@ async def my_statement(
     summary="My whole statement as CSV",
 )
 async def my_statement_csv(runtime: RuntimeDep, agent: AgentDep, period: PeriodDep) -> Response:
-    return await statement_response(runtime, agent.agent_id, "csv", 0, None, period)
+    return await statement_response(runtime, agent.agent_id, "csv", 0, None, period, agent.mode)
 
 
 @router.get(
@@ -114,7 +135,7 @@ async def my_statement_csv(runtime: RuntimeDep, agent: AgentDep, period: PeriodD
     summary="My whole statement as XLSX",
 )
 async def my_statement_xlsx(runtime: RuntimeDep, agent: AgentDep, period: PeriodDep) -> Response:
-    return await statement_response(runtime, agent.agent_id, "xlsx", 0, None, period)
+    return await statement_response(runtime, agent.agent_id, "xlsx", 0, None, period, agent.mode)
 
 
 @router.post(
@@ -124,11 +145,14 @@ async def my_statement_xlsx(runtime: RuntimeDep, agent: AgentDep, period: Period
     summary="Ask to be paid out part of my balance (reserved at once)",
     description="The amount leaves the spendable balance at once, into `withdrawing`, "
     "until an operator approves or rejects it. Only the balance can be withdrawn, never "
-    "the credit line: `402 insufficient_balance` otherwise.",
+    "the credit line: `402 insufficient_balance` otherwise. A test key cannot withdraw: "
+    "`403 live_key_required`.",
 )
 async def request_withdrawal(
     body: WithdrawalCreate, request: Request, runtime: RuntimeDep, agent: AgentDep
 ) -> Response:
+    require_live(agent.mode)
+
     async def run() -> Response:
         async with runtime.db.acquire() as conn, conn.transaction():
             created = await withdrawals.request(
@@ -149,10 +173,16 @@ async def request_withdrawal(
     return response
 
 
-@router.get("/withdrawals", response_model=WithdrawalPage, summary="My withdrawals, newest first")
+@router.get(
+    "/withdrawals",
+    response_model=WithdrawalPage,
+    summary="My withdrawals, newest first (none with a test key: the sandbox has none)",
+)
 async def my_withdrawals(
     runtime: RuntimeDep, agent: AgentDep, limit: Limit = 50, cursor: Cursor = None
 ) -> Response:
+    if agent.mode != "live":
+        return json_response(200, {"data": [], "next_cursor": None})
     before = statements.decode_cursor(cursor, "wd", 1)[0] if cursor else None
     found = await withdrawals.list_withdrawals(
         runtime.db, limit=limit + 1, before_id=before, agent_id=agent.agent_id

@@ -437,7 +437,8 @@ async def set_agent_store(
         store = await set_store(
             conn, agent_id, slug=body.slug, title=body.title, prices=body.prices
         )
-        return _store(store), f"agent:{agent_id}", {"slug": body.slug}
+        detail = {"slug": body.slug, "title": body.title, "prices": body.prices}
+        return _store(store), f"agent:{agent_id}", detail
 
     payload = {"agent_id": agent_id, **body.model_dump(mode="json")}
     return await operator_write(

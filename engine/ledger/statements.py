@@ -98,7 +98,10 @@ async def statement(
     limit: int,
     after: tuple[int, int] | None = None,
     period: Period = ALL_TIME,
+    mode: str = "live",
 ) -> list[StatementLine]:
+    """The lines of the agent's accounts of one mode: a live statement never shows the
+    sandbox (`agent:N:test_balance`), and a test key's statement shows nothing else."""
     # The running balance is a window over the account's whole history, then cut to the
     # page: correct on every page without storing a balance on each append-only line.
     rows = await conn.fetch(
@@ -107,7 +110,7 @@ async def statement(
         " e.reference, e.created_at, -l.amount AS amount,"
         " sum(-l.amount) OVER (PARTITION BY l.account_id ORDER BY l.entry_id) AS balance"
         " FROM accounts acc JOIN journal_lines l ON l.account_id = acc.id"
-        " JOIN journal_entries e ON e.id = l.entry_id WHERE acc.agent_id = $1"
+        " JOIN journal_entries e ON e.id = l.entry_id WHERE acc.agent_id = $1 AND acc.mode = $7"
         ") s WHERE ($2::bigint IS NULL OR (entry_id, account_id) > ($2, $3::bigint)) "
         "AND ($5::timestamptz IS NULL OR created_at >= $5) "
         "AND ($6::timestamptz IS NULL OR created_at < $6) "
@@ -118,6 +121,7 @@ async def statement(
         limit,
         period.since,
         period.until,
+        mode,
     )
     return [
         StatementLine(
@@ -135,11 +139,13 @@ async def statement(
 
 
 async def all_lines(
-    conn: Executor, agent_id: int, period: Period = ALL_TIME
+    conn: Executor, agent_id: int, period: Period = ALL_TIME, mode: str = "live"
 ) -> AsyncIterator[StatementLine]:
     after: tuple[int, int] | None = None
     while True:
-        page = await statement(conn, agent_id, limit=EXPORT_PAGE, after=after, period=period)
+        page = await statement(
+            conn, agent_id, limit=EXPORT_PAGE, after=after, period=period, mode=mode
+        )
         for line in page:
             yield line
         if len(page) < EXPORT_PAGE:
@@ -164,13 +170,13 @@ def csv_chunk(lines: Iterable[tuple[object, ...]], *, header: bool) -> str:
 
 
 async def csv_export(
-    conn: Executor, agent_id: int, period: Period = ALL_TIME
+    conn: Executor, agent_id: int, period: Period = ALL_TIME, mode: str = "live"
 ) -> AsyncIterator[bytes]:
     """The whole statement as CSV (UTF-8 with a BOM, which spreadsheet programs need to
     read Chinese text right), in chunks."""
     yield "\ufeff".encode() + csv_chunk([], header=True).encode()
     batch: list[tuple[object, ...]] = []
-    async for line in all_lines(conn, agent_id, period):
+    async for line in all_lines(conn, agent_id, period, mode):
         batch.append(line.row())
         if len(batch) >= EXPORT_PAGE:
             yield csv_chunk(batch, header=False).encode()
@@ -179,9 +185,11 @@ async def csv_export(
         yield csv_chunk(batch, header=False).encode()
 
 
-async def xlsx_export(conn: Executor, agent_id: int, period: Period = ALL_TIME) -> bytes:
+async def xlsx_export(
+    conn: Executor, agent_id: int, period: Period = ALL_TIME, mode: str = "live"
+) -> bytes:
     rows: list[tuple[object, ...]] = []
-    async for line in all_lines(conn, agent_id, period):
+    async for line in all_lines(conn, agent_id, period, mode):
         rows.append(line.row())
         if len(rows) > XLSX_MAX_ROWS:
             raise DomainError(
