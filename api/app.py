@@ -20,6 +20,7 @@ from api.routers import (
     distribution,
     finance,
     issuance,
+    issuance_refunds,
     keys,
     ledger,
     levels,
@@ -28,6 +29,7 @@ from api.routers import (
     ops,
     orders,
     promoters,
+    stores,
 )
 from api.schemas import PROBLEM_RESPONSES
 from engine import __version__, idempotency
@@ -108,12 +110,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         levels.router,
         ledger.router,
         issuance.router,
+        issuance_refunds.router,
         notify.router,
         orders.router,
         finance.router,
         me_finance.router,
         keys.router,
         promoters.router,
+        stores.router,
     ):
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -86,6 +86,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "refund_failed": 502,
     "price_below_cost": 409,
     "store_slug_taken": 409,
+    "live_key_required": 403,
+    "issuance_already_refunded": 409,
     # engine.notify
     "invalid_webhook_url": 422,
     "unknown_event_type": 422,

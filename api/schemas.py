@@ -217,6 +217,12 @@ class IssuancePublic(BaseModel):
     created_at: datetime
 
 
+class IssuanceDetailPublic(IssuancePublic):
+    """`GET /v1/issuances/{id}`: the issuance with its status (refunds change it)."""
+
+    status: Literal["issued", "refunded"] = "issued"
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document; `code` is stable and machine-readable."""
 

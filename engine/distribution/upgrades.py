@@ -171,7 +171,7 @@ async def list_changes(
 
 _SALES = (
     "coalesce((SELECT sum(i.amount) FROM issuances i WHERE i.agent_id = a.id "
-    "AND i.created_at > $2 AND i.created_at <= $3), 0) + "
+    "AND i.refunded_at IS NULL AND i.created_at > $2 AND i.created_at <= $3), 0) + "
     "coalesce((SELECT sum(o.amount) FROM orders o WHERE o.store_agent_id = a.id "
     "AND o.status IN ('paid', 'delivered') AND o.paid_at > $2 AND o.paid_at <= $3), 0)"
 )
