@@ -215,11 +215,7 @@ class IssuancePublic(BaseModel):
     reference: str | None
     keys: list[IssuedKeyPublic]
     created_at: datetime
-
-
-class IssuanceDetailPublic(IssuancePublic):
-    """`GET /v1/issuances/{id}`: the issuance with its status (refunds change it)."""
-
+    # `refunded` once an operator refunded it (GET); the 201 and its replays say `issued`.
     status: Literal["issued", "refunded"] = "issued"
 
 

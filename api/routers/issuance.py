@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import AgentDep, get_agent_direct
 from api.idempotency import request_hash, request_key
-from api.schemas import IssuanceCreate, IssuanceDetailPublic, IssuancePublic
+from api.schemas import IssuanceCreate, IssuancePublic
 from engine.errors import CommonError, DomainError
 from engine.issuance.service import Issuance, IssuanceService
 
@@ -49,7 +49,7 @@ _CREATE_BODY = {
 }
 
 
-def _body(issuance: Issuance, *, with_status: bool = False) -> bytes:
+def _body(issuance: Issuance, *, created: bool = False) -> bytes:
     document: dict[str, Any] = {
         "id": issuance.public_id,
         "sku": issuance.sku,
@@ -60,9 +60,9 @@ def _body(issuance: Issuance, *, with_status: bool = False) -> bytes:
         "keys": [{"code": k.code, "expires_at": k.expires_at} for k in issuance.keys],
         "created_at": issuance.created_at,
     }
-    if with_status:
-        # Only the read: a replayed POST must answer exactly what the first one did.
-        document["status"] = issuance.status
+    # A replayed POST answers exactly what the first one did, even after a refund; the
+    # read (the same body as the 201 until then) reports the status now.
+    document["status"] = "issued" if created else issuance.status
     return orjson.dumps(document, option=orjson.OPT_UTC_Z)
 
 
@@ -97,18 +97,16 @@ async def create(request: Request, agent: AgentDep) -> Response:
         idempotency_key=key,
         request_hash=request_hash(request, body.model_dump(mode="json")),
     )
-    return Response(_body(issuance), status_code=201, media_type="application/json")
+    return Response(_body(issuance, created=True), status_code=201, media_type="application/json")
 
 
-@router.get(
-    "/{issuance_id}", response_model=IssuanceDetailPublic, summary="An issuance, for its owner"
-)
+@router.get("/{issuance_id}", response_model=IssuancePublic, summary="An issuance, for its owner")
 async def read(
     issuance_id: Annotated[str, Path(max_length=64)], request: Request, agent: AgentDep
 ) -> Response:
     service: IssuanceService = request.app.state.issuance
     issuance = await service.reveal(agent.agent_id, issuance_id, agent.owner_label, agent.mode)
-    return Response(_body(issuance, with_status=True), media_type="application/json")
+    return Response(_body(issuance), media_type="application/json")
 
 
 class IssuanceFastPath:

@@ -169,8 +169,11 @@ async def test_a_released_commission_is_taken_back_from_the_balance(
 ) -> None:
     tree = await make_tree(http, deposit=DEPOSIT)
     await http.put(f"/v1/agent-levels/{tree.levels['mid']}/commission-hold", json={"days": 1})
-    issued = await issue(http, tree, "leaf", 1)
+    body = {"sku": tree.sku, "quantity": 1}
+    headers = {**tree.auth("leaf"), "Idempotency-Key": "released-1"}
+    issued = await http.post("/v1/issuances", json=body, headers=headers)
     assert issued.status_code == 201, issued.text
+    assert issued.json()["status"] == "issued"
     conn = await asyncpg.connect(database_url)
     try:
         assert await release_held(conn, datetime.now(UTC) + timedelta(days=2)) >= 1
@@ -183,6 +186,10 @@ async def test_a_released_commission_is_taken_back_from_the_balance(
     assert (tree.agents["mid"], "balance") in accounts
     mid = await agent(http, tree.agents["mid"])
     assert (mid["balance"], mid["held"], mid["commission_total"]) == (DEPOSIT, 0, 0)
+    assert (await agent(http, tree.agents["leaf"]))["balance"] == DEPOSIT
+    # A retry of the original request still answers exactly its first response.
+    replay = await http.post("/v1/issuances", json=body, headers=headers)
+    assert (replay.status_code, replay.json()) == (201, issued.json())
     assert (await agent(http, tree.agents["leaf"]))["balance"] == DEPOSIT
     await ledger_is_consistent(database_url)
 
