@@ -21,6 +21,7 @@ from api.routers import (
     distribution,
     finance,
     issuance,
+    issuance_refunds,
     keys,
     ledger,
     levels,
@@ -29,6 +30,7 @@ from api.routers import (
     ops,
     orders,
     promoters,
+    stores,
 )
 from api.schemas import PROBLEM_RESPONSES
 from engine import __version__, idempotency
@@ -109,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         levels.router,
         ledger.router,
         issuance.router,
+        issuance_refunds.router,
         notify.router,
         orders.router,
         finance.router,
@@ -116,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keys.router,
         promoters.router,
         agents_admin.router,
+        stores.router,
     ):
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -87,6 +87,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "refund_failed": 502,
     "price_below_cost": 409,
     "store_slug_taken": 409,
+    "live_key_required": 403,
+    "issuance_already_refunded": 409,
     # engine.notify
     "invalid_webhook_url": 422,
     "unknown_event_type": 422,
@@ -113,7 +115,6 @@ STATUS_BY_CODE: dict[str, int] = {
     "level_not_below_parent": 422,
     "level_unchanged": 409,
     # engine.distribution.admin
-    "live_key_required": 403,
     "agent_unchanged": 409,
     # engine.ledger
     "insufficient_balance": 402,

@@ -215,6 +215,8 @@ class IssuancePublic(BaseModel):
     reference: str | None
     keys: list[IssuedKeyPublic]
     created_at: datetime
+    # `refunded` once an operator refunded it (GET); the 201 and its replays say `issued`.
+    status: Literal["issued", "refunded"] = "issued"
 
 
 class Problem(BaseModel):

@@ -126,7 +126,7 @@ async def claim(
         if row is None:
             continue  # released between our insert and select: try to claim again
         if not row["request_hash"]:
-            raise _unavailable()  # written before migration 0017: nothing left to compare
+            raise _unavailable()  # written before migration 0016: nothing left to compare
         if row["request_hash"] != request_hash:
             raise DomainError(
                 CommonError.IDEMPOTENCY_CONFLICT,
@@ -147,7 +147,7 @@ def _opened(
     cipher: Cipher, owner: str, key: str, status: int, sealed: bytes | None
 ) -> StoredResponse:
     if sealed is None:
-        # Completed before responses were sealed (migration 0017 dropped the body).
+        # Completed before responses were sealed (migration 0016 dropped the body).
         raise _unavailable()
     try:
         return StoredResponse(status, unseal(cipher, owner, key, status, sealed))

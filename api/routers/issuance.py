@@ -49,7 +49,7 @@ _CREATE_BODY = {
 }
 
 
-def _body(issuance: Issuance) -> bytes:
+def _body(issuance: Issuance, *, created: bool = False) -> bytes:
     document: dict[str, Any] = {
         "id": issuance.public_id,
         "sku": issuance.sku,
@@ -60,6 +60,9 @@ def _body(issuance: Issuance) -> bytes:
         "keys": [{"code": k.code, "expires_at": k.expires_at} for k in issuance.keys],
         "created_at": issuance.created_at,
     }
+    # A replayed POST answers exactly what the first one did, even after a refund; the
+    # read (the same body as the 201 until then) reports the status now.
+    document["status"] = "issued" if created else issuance.status
     return orjson.dumps(document, option=orjson.OPT_UTC_Z)
 
 
@@ -94,7 +97,7 @@ async def create(request: Request, agent: AgentDep) -> Response:
         idempotency_key=key,
         request_hash=request_hash(request, body.model_dump(mode="json")),
     )
-    return Response(_body(issuance), status_code=201, media_type="application/json")
+    return Response(_body(issuance, created=True), status_code=201, media_type="application/json")
 
 
 @router.get("/{issuance_id}", response_model=IssuancePublic, summary="An issuance, for its owner")

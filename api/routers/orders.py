@@ -8,21 +8,19 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
 from api.deps import OperatorDep, RuntimeDep, authenticate, bearer_token
-from api.idempotency import Written, json_response, operator_write, run_idempotent
+from api.idempotency import json_response, run_idempotent
 from engine import audit
 from engine.errors import CommonError, DomainError
 from engine.orders.errors import OrderError
 from engine.orders.service import NewOrder, OrderService, OrderView, contact_digest
-from engine.orders.stores import Store, get_store, set_store
 from engine.payments.base import PaymentRejected
 from engine.payments.sandbox import SandboxProvider
 from engine.principals import AgentKey
-from engine.storage.db import Connection
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -386,73 +384,3 @@ async def sandbox_pay(order_no: str, request: Request, runtime: RuntimeDep) -> R
     async with runtime.db.acquire() as conn:
         await audit.record(conn, "sandbox", "order.sandbox_paid", f"order:{order_no}")
     return json_response(200, {"order_no": order_no, "result": outcome.result})
-
-
-class StoreSet(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
-    title: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
-    prices: dict[Annotated[str, Field(pattern=_SKU)], Annotated[int, Field(ge=0, le=10**12)]] = (
-        Field(default_factory=dict, max_length=10_000)
-    )
-
-
-class StoreItemPublic(BaseModel):
-    sku: str
-    name: str
-    price: int
-    currency: str
-
-
-class StorePublic(BaseModel):
-    agent_id: int
-    slug: str
-    title: str
-    items: list[StoreItemPublic]
-
-
-def _store(store: Store) -> dict[str, Any]:
-    return StorePublic(
-        agent_id=store.agent_id,
-        slug=store.slug,
-        title=store.title,
-        items=[StoreItemPublic(**vars(item)) for item in store.items],
-    ).model_dump(mode="json")
-
-
-@router.post(
-    "/v1/agents/{agent_id}/store",
-    status_code=status.HTTP_201_CREATED,
-    response_model=StorePublic,
-    summary="Give an agent its sub-store (or replace it): slug, title, retail prices",
-)
-async def set_agent_store(
-    agent_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
-    body: StoreSet,
-    request: Request,
-    runtime: RuntimeDep,
-    operator: OperatorDep,
-) -> Response:
-    async def work(conn: Connection) -> Written:
-        store = await set_store(
-            conn, agent_id, slug=body.slug, title=body.title, prices=body.prices
-        )
-        detail = {"slug": body.slug, "title": body.title, "prices": body.prices}
-        return _store(store), f"agent:{agent_id}", detail
-
-    payload = {"agent_id": agent_id, **body.model_dump(mode="json")}
-    return await operator_write(
-        request, runtime, operator, action="store.set", payload=payload, work=work
-    )
-
-
-@router.get(
-    "/v1/stores/{slug}",
-    response_model=StorePublic,
-    summary="A sub-store and what it sells, at its prices (public)",
-)
-async def read_store(slug: str, runtime: RuntimeDep) -> Response:
-    store = await get_store(runtime.db, slug)
-    if store is None:
-        raise DomainError(OrderError.STORE_NOT_FOUND, f"No store {slug}.")
-    return json_response(200, _store(store))

@@ -152,13 +152,13 @@ async def sales_totals(
     conn: Executor, agent_ids: Sequence[int], mode: str = "live"
 ) -> dict[int, SalesTotals]:
     """What each agent bought through the API and sold through its sub-store (delivered
-    orders; refunded ones no longer count), in one mode."""
+    orders, in one mode; refunded issuances and orders no longer count)."""
     rows = await conn.fetch(
         "SELECT a.id, coalesce(i.n, 0) AS issuance_count, coalesce(i.total, 0) AS issuance_total, "
         "coalesce(o.n, 0) AS order_count, coalesce(o.total, 0) AS order_total "
         "FROM unnest($1::bigint[]) AS a(id) "
         "LEFT JOIN LATERAL (SELECT count(*) AS n, sum(amount)::bigint AS total "
-        " FROM issuances WHERE agent_id = a.id AND mode = $2) i ON true "
+        " FROM issuances WHERE agent_id = a.id AND mode = $2 AND refunded_at IS NULL) i ON true "
         "LEFT JOIN LATERAL (SELECT count(*) AS n, sum(amount)::bigint AS total FROM orders "
         " WHERE store_agent_id = a.id AND status = 'delivered' AND mode = $2) o ON true",
         list(agent_ids),

@@ -173,7 +173,8 @@ async def list_changes(
 # deposits credit `agent:N:test_balance`, never the `:balance` account counted here.
 _SALES = (
     "coalesce((SELECT sum(i.amount) FROM issuances i WHERE i.agent_id = a.id "
-    "AND i.mode = 'live' AND i.created_at > $2 AND i.created_at <= $3), 0) + "
+    "AND i.mode = 'live' AND i.refunded_at IS NULL "
+    "AND i.created_at > $2 AND i.created_at <= $3), 0) + "
     "coalesce((SELECT sum(o.amount) FROM orders o WHERE o.store_agent_id = a.id "
     "AND o.mode = 'live' AND o.status IN ('paid', 'delivered') "
     "AND o.paid_at > $2 AND o.paid_at <= $3), 0)"

@@ -15,3 +15,4 @@ class IssuanceError(StrEnum):
     OVERLOADED = "overloaded"
     INTEGRITY_ALARM = "integrity_alarm"
     ISSUANCE_NOT_FOUND = "issuance_not_found"
+    ISSUANCE_ALREADY_REFUNDED = "issuance_already_refunded"

@@ -68,6 +68,8 @@ class Issuance:
     reference: str | None
     keys: list[IssuedKey]
     created_at: datetime
+    # "refunded" once an operator refunded it (engine/issuance/refunds.py).
+    status: str = "issued"
 
 
 def holder_for(agent_id: int, idempotency_key: str, mode: str = "live") -> str:
@@ -404,8 +406,8 @@ class IssuanceService:
 
     async def _load(self, agent_id: int, issuance_id: int) -> Issuance:
         row = await self._db.fetchrow(
-            "SELECT public_id, sku, quantity, amount, currency, reference, created_at "
-            "FROM issuances WHERE id = $1 AND agent_id = $2",
+            "SELECT public_id, sku, quantity, amount, currency, reference, created_at, "
+            "refunded_at FROM issuances WHERE id = $1 AND agent_id = $2",
             issuance_id,
             agent_id,
         )
@@ -427,6 +429,7 @@ class IssuanceService:
             reference=row["reference"],
             keys=[IssuedKey(code, k["expires_at"]) for code, k in zip(codes, keys, strict=True)],
             created_at=row["created_at"],
+            status="issued" if row["refunded_at"] is None else "refunded",
         )
 
 

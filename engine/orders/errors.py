@@ -19,3 +19,5 @@ class OrderError(StrEnum):
     REFUND_FAILED = "refund_failed"
     PRICE_BELOW_COST = "price_below_cost"
     STORE_SLUG_TAKEN = "store_slug_taken"
+    # Store settings sell for real money: a sandbox (test) key may not change them.
+    LIVE_KEY_REQUIRED = "live_key_required"

@@ -48,6 +48,7 @@ from engine.ledger.service import (
 )
 from engine.notify.outbox import emit_event, enqueue_email
 from engine.orders.errors import OrderError
+from engine.orders.stores import markup_of, retail_price
 from engine.payments.base import (
     PaymentNotice,
     PaymentOrder,
@@ -294,7 +295,8 @@ class OrderService:
         if new.store is None:
             return None, product_price, None
         row = await conn.fetchrow(
-            "SELECT a.id, s.price AS retail, l.visible_skus FROM agents a "
+            "SELECT a.id, s.price AS retail, a.store_markup_bp, a.store_markup_amount, "
+            "l.visible_skus FROM agents a "
             "JOIN agent_levels l ON l.id = a.level_id "
             "LEFT JOIN store_prices s ON s.agent_id = a.id AND s.product_id = $2 "
             "WHERE a.store_slug = $1 AND a.status = 'active'",
@@ -310,7 +312,10 @@ class OrderService:
         # What the agent pays for this quantity: its level's price and tiers, its parent's
         # price for it (engine.distribution.levels, the resolution every path uses).
         cost = await agent_unit_cost(conn, int(row["id"]), new.sku, new.quantity)
-        retail = row["retail"] if row["retail"] is not None else product_price
+        # Its absolute price, else its cost for this quantity plus the store's markup.
+        retail = retail_price(
+            store_price=row["retail"], markup=markup_of(row), cost=cost, list_price=product_price
+        )
         # Retail below cost is refused by the sale's split (`_split`), with every level.
         return int(row["id"]), int(retail), int(cost)
 

@@ -444,11 +444,10 @@ async def test_store_and_api_key_changes_are_audited_with_what_changed(
     )
     assert store.status_code == 201, store.text
     [record] = await audits(database_url, "store.set", f"agent:{box.agent_id}")
-    assert (record["slug"], record["title"], record["prices"]) == (
-        slug,
-        "审计店",
-        {box.sku: PRICE + 1},
-    )
+    changes = record["changes"]
+    assert record["slug"] == slug
+    assert changes["title"] == {"from": None, "to": "审计店"}
+    assert changes["prices"] == {box.sku: {"from": None, "to": PRICE + 1}}
 
     keys = await client.get("/v1/api-keys", params={"agent_id": box.agent_id})
     key_id = keys.json()["data"][0]["id"]

@@ -314,7 +314,7 @@ async def test_a_body_moved_or_a_status_changed_does_not_open(
 async def test_a_record_without_a_sealed_body_is_refused_not_rerun(
     shop: Shop, pg: asyncpg.Connection
 ) -> None:
-    """What migration 0017 leaves of a completed record written before bodies were sealed."""
+    """What migration 0016 leaves of a completed record written before bodies were sealed."""
     path = f"/v1/agents/{shop.agent_id}/api-keys"
     for legacy in [
         "response_sealed = NULL",  # its body dropped
@@ -374,7 +374,7 @@ def test_any_body_round_trips_and_is_bound_to_its_row() -> None:
                 idempotency.unseal(cipher, owner, key, status, sealed)
 
 
-async def test_migration_0017_drops_plaintext_bodies_and_keeps_the_claims(
+async def test_migration_0016_drops_plaintext_bodies_and_keeps_the_claims(
     stores: StoreEndpoints, tmp_path: Path
 ) -> None:
     name = f"kami_idem_{new_run_id()}"
@@ -383,7 +383,7 @@ async def test_migration_0017_drops_plaintext_bodies_and_keeps_the_claims(
         conn = await asyncpg.connect(url)
         try:
             for migration in MIGRATIONS_DIR.glob("*.sql"):
-                if int(migration.name[:4]) < 17:
+                if int(migration.name[:4]) < 16:
                     shutil.copy(migration, tmp_path / migration.name)
             await migrate(conn, tmp_path)
             secret = f"kami_live_{secrets.token_hex(16)}"
@@ -396,7 +396,7 @@ async def test_migration_0017_drops_plaintext_bodies_and_keeps_the_claims(
             )
             assert await _tables_holding(conn, secret) == ['"public"."idempotency_records"']
 
-            assert "0017_idempotency_sealed" in await migrate(conn)
+            assert "0016_idempotency_sealed" in await migrate(conn)
             rows = await conn.fetch(
                 "SELECT key, request_hash, status, response_sealed FROM idempotency_records "
                 "ORDER BY key"
