@@ -636,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         help="benchmark this running Kami (needs KAMI_ADMIN_TOKEN, "
         "KAMI_DATABASE_URL, KAMI_REDIS_URL, KAMI_MASTER_KEY of that deployment)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="server workers (default 2)")
+    parser.add_argument("--workers", type=int, default=1, help="server workers (default 1)")
     parser.add_argument(
         "--server", choices=["granian", "uvicorn"], default=os.environ.get("KAMI_SERVER", "granian")
     )
