@@ -711,3 +711,25 @@ async def test_tiers_and_parent_prices_cost_no_query_per_request(app: FastAPI, a
         _, found = await cache.price(db, low["id"], child, sku, 3)  # type: ignore[arg-type]
         assert found.unit_price == 1700
     assert db.queries == 3  # + the child's level, + its parent's price: once each
+
+
+async def test_my_price_list_shows_only_the_skus_my_level_may_buy(api: Api) -> None:
+    seen, hidden = await api.product(), await api.product()
+    level = await api.level(1, {seen: 1500, hidden: 1400}, visible_skus=[seen])
+    _, auth = await api.agent(level["id"])
+    both = f"/v1/me/prices?sku={seen}&sku={hidden}"
+    listed = (await api.client.get(both, headers=auth)).json()["data"]
+    assert [p["sku"] for p in listed] == [seen]
+    # Paging through the whole list never reaches the hidden SKU either.
+    cursor, skus = None, []
+    while True:
+        page = await api.client.get(
+            "/v1/me/prices",
+            params={"limit": 500, **({"cursor": cursor} if cursor else {})},
+            headers=auth,
+        )
+        skus += [p["sku"] for p in page.json()["data"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert skus == [seen]
