@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine.errors import CommonError, DomainError
@@ -13,6 +13,12 @@ from engine.principals import AgentKey, Operator, Principal, PrincipalCache
 from engine.ratelimit import RateLimiter
 from engine.runtime import Runtime
 from engine.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, remember, verify
+
+# Every list: `?limit=` (default 50, max 500) and the opaque `?cursor=` of the page before.
+Limit = Annotated[int, Query(ge=1, le=500, description="Page size (default 50, max 500)")]
+Cursor = Annotated[
+    str | None, Query(max_length=200, description="`next_cursor` of the previous page")
+]
 
 _bearer = HTTPBearer(auto_error=False, description="An operator token or an agent API key")
 

@@ -11,10 +11,6 @@ from pydantic import BaseModel, Field, StringConstraints
 from api.schemas import MAX_MONEY, RequestModel
 
 _NO_CONTROLS = r"^[^\x00-\x1f\x7f]*$"
-Limit = Annotated[int, Query(ge=1, le=500, description="Page size (default 50, max 500)")]
-Cursor = Annotated[
-    str | None, Query(max_length=200, description="`next_cursor` of the previous page")
-]
 Since = Annotated[
     datetime | None, Query(description="Lines from this time on (RFC 3339, inclusive)")
 ]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from api.deps import OperatorDep, RuntimeDep
+from api.deps import Cursor, Limit, OperatorDep, RuntimeDep
 from api.idempotency import json_response, run_idempotent
 from api.routers.levels import _sub_agent_body
 from api.schemas import AgentPublic, Id, Money, Name, RequestModel
@@ -25,8 +25,6 @@ from engine.ledger import statements
 
 router = APIRouter(prefix="/v1/agents", tags=["distribution"])
 
-Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=200)]
 Mode = Annotated[
     Literal["live", "test"], Query(description="Which of the agent's books: live or sandbox")
 ]

@@ -8,13 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
-from api.deps import OperatorDep, RuntimeDep
+from api.deps import Cursor, Limit, OperatorDep, RuntimeDep
 from api.idempotency import json_response, run_idempotent
 from api.schemas import Id
 from api.schemas_finance import (
     CommissionHold,
-    Cursor,
-    Limit,
     Since,
     StatementFormat,
     StatementLinePublic,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from api.deps import OperatorDep, RuntimeDep
+from api.deps import Cursor, Limit, OperatorDep, RuntimeDep
 from api.idempotency import json_response, run_idempotent
 from api.schemas import Id, RequestModel
 from engine import audit
@@ -86,8 +86,8 @@ async def list_agent_keys(
     runtime: RuntimeDep,
     _operator: OperatorDep,
     agent_id: Annotated[int, Query(ge=1, le=2**63 - 1)],
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Response:
     after = cursors.decode("keys", cursor)
     async with runtime.db.acquire() as conn:

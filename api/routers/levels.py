@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, status
 from pydantic import StringConstraints
 from starlette.responses import Response
 
-from api.deps import AgentDep, OperatorDep, RuntimeDep
+from api.deps import AgentDep, Cursor, Limit, OperatorDep, RuntimeDep
 from api.idempotency import json_response, run_idempotent
 from api.schemas import Id
 from api.schemas_levels import (
@@ -55,9 +55,6 @@ from engine.runtime import Runtime
 from engine.storage.db import Connection
 
 router = APIRouter(prefix="/v1", tags=["distribution"])
-
-Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=200)]
 
 
 def level_body(level: LevelDetail) -> dict[str, Any]:

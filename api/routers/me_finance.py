@@ -7,7 +7,7 @@ from dataclasses import asdict
 from fastapi import APIRouter, Request, status
 from starlette.responses import Response
 
-from api.deps import AgentDep, RuntimeDep
+from api.deps import AgentDep, Cursor, Limit, RuntimeDep
 from api.idempotency import json_response, run_idempotent
 from api.routers.finance import (
     STATEMENT_FORMATS,
@@ -17,8 +17,6 @@ from api.routers.finance import (
     withdrawal_body,
 )
 from api.schemas_finance import (
-    Cursor,
-    Limit,
     MePublic,
     MyIssuancePage,
     MyIssuancePublic,

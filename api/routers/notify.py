@@ -6,11 +6,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, StringConstraints
 from starlette.responses import Response
 
-from api.deps import OperatorDep, RuntimeDep
+from api.deps import Cursor, Limit, OperatorDep, RuntimeDep
 from api.idempotency import Written, json_response, operator_write, run_idempotent
 from api.schemas import Id, RequestModel
 from engine import audit
@@ -40,8 +40,6 @@ EventType = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Description = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
 ]
-Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=200)]
 
 
 class WebhookEndpointCreate(RequestModel):

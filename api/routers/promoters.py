@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from api.deps import AgentDep, OperatorDep, RuntimeDep
+from api.deps import AgentDep, Cursor, Limit, OperatorDep, RuntimeDep
 from api.idempotency import Written, json_response, operator_write, run_idempotent
 from api.schemas import Id, RequestModel
 from engine import audit
@@ -27,9 +27,6 @@ from engine.distribution.promoters import (
 from engine.storage.db import Connection
 
 router = APIRouter(prefix="/v1", tags=["promoters"])
-
-Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=200)]
 
 
 class PromoterCreate(RequestModel):
