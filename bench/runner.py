@@ -57,15 +57,15 @@ class Sizes:
 
 
 QUICK = Sizes(
-    pool_takes=15_000,
+    pool_takes=8_000,
     pool_concurrency=(1, 16, 256),
     engine_requests=4_000,
     engine_concurrency=(64, 256),
     sale_keys=40_000,
     users=48,
     ramp_users=(48, 128),
-    ramp_step_s=6,
-    paced_s=8,
+    ramp_step_s=4,
+    paced_s=5,
     import_keys=100_000,
     micro_filter="decrypt_many or encrypt_many or fingerprint_many or terms",
 )
