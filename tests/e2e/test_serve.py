@@ -113,6 +113,7 @@ def test_several_workers_share_one_port_and_one_metrics_view(
         "KAMI_DATA_DIR": str(tmp_path / "var"),
     }
     with kami_serve("--workers", "2", "--no-demo", env=env) as kami:
+        kami.wait_workers(2)
         with httpx.Client(base_url=kami.base_url) as client:
             for _ in range(40):
                 assert client.get("/livez").status_code == 200

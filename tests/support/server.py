@@ -56,13 +56,26 @@ class KamiProcess:
             time.sleep(0.2)
         raise AssertionError(f"kami serve not ready in {timeout}s:\n{self.output}")
 
+    def wait_workers(self, count: int, timeout: float = 60.0) -> None:
+        """Until `count` workers have finished starting. Granian leaves a worker running if
+        the server is stopped while that worker is still starting, so a test that stops a
+        multi-worker server waits for all of them first."""
+        deadline = time.monotonic() + timeout
+        while self.output.count('"event": "worker_started"') < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} workers not started in {timeout}s:\n{self.output}")
+            time.sleep(0.1)
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                # The whole group: a worker left behind would keep serving (and running
+                # its background jobs on the session's database) into later tests.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
                 raise AssertionError(f"kami serve ignored SIGINT:\n{self.output}") from None
         return self.process.returncode
