@@ -3,7 +3,6 @@ has of itself (`/v1/me/...`) for any agent."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -13,8 +12,9 @@ from starlette.responses import Response
 from api.deps import Cursor, Limit, OperatorDep, RuntimeDep
 from api.idempotency import json_response, run_idempotent
 from api.routers.levels import _sub_agent_body
+from api.routers.me_finance import issuance_page, order_page
 from api.schemas import AgentPublic, Id, Money, Name, RequestModel
-from api.schemas_finance import MyIssuancePage, MyIssuancePublic, MyOrderPage, MyOrderPublic
+from api.schemas_finance import MyIssuancePage, MyOrderPage
 from api.schemas_levels import SubAgentPage
 from engine import audit
 from engine.distribution import admin as agents
@@ -138,21 +138,7 @@ async def agent_issuances(
     found = await portal.issuances(
         runtime.db, agent_id, limit=limit + 1, before_id=before, mode=mode
     )
-    page = found[:limit]
-    data = [
-        MyIssuancePublic(
-            id=i.public_id,
-            sku=i.sku,
-            quantity=i.quantity,
-            amount=i.amount,
-            currency=i.currency,
-            reference=i.reference,
-            created_at=i.created_at,
-        ).model_dump(mode="json")
-        for i in page
-    ]
-    next_cursor = statements.encode_cursor("iss", page[-1].id) if len(found) > limit else None
-    return json_response(200, {"data": data, "next_cursor": next_cursor})
+    return issuance_page(found, limit)
 
 
 @router.get(
@@ -171,13 +157,7 @@ async def agent_orders(
     before = statements.decode_cursor(cursor, "ord", 1)[0] if cursor else None
     await agents.require_agent(runtime.db, agent_id)
     found = await portal.orders(runtime.db, agent_id, limit=limit + 1, before_id=before, mode=mode)
-    page = found[:limit]
-    data = [
-        MyOrderPublic(**{k: v for k, v in asdict(o).items() if k != "id"}).model_dump(mode="json")
-        for o in page
-    ]
-    next_cursor = statements.encode_cursor("ord", page[-1].id) if len(found) > limit else None
-    return json_response(200, {"data": data, "next_cursor": next_cursor})
+    return order_page(found, limit)
 
 
 @router.get(

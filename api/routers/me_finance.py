@@ -58,21 +58,7 @@ async def my_issuances(
     found = await portal.issuances(
         runtime.db, agent.agent_id, limit=limit + 1, before_id=before, mode=agent.mode
     )
-    page = found[:limit]
-    data = [
-        MyIssuancePublic(
-            id=i.public_id,
-            sku=i.sku,
-            quantity=i.quantity,
-            amount=i.amount,
-            currency=i.currency,
-            reference=i.reference,
-            created_at=i.created_at,
-        ).model_dump(mode="json")
-        for i in page
-    ]
-    next_cursor = statements.encode_cursor("iss", page[-1].id) if len(found) > limit else None
-    return json_response(200, {"data": data, "next_cursor": next_cursor})
+    return issuance_page(found, limit)
 
 
 @router.get(
@@ -87,13 +73,7 @@ async def my_orders(
     found = await portal.orders(
         runtime.db, agent.agent_id, limit=limit + 1, before_id=before, mode=agent.mode
     )
-    page = found[:limit]
-    data = [
-        MyOrderPublic(**{k: v for k, v in asdict(o).items() if k != "id"}).model_dump(mode="json")
-        for o in page
-    ]
-    next_cursor = statements.encode_cursor("ord", page[-1].id) if len(found) > limit else None
-    return json_response(200, {"data": data, "next_cursor": next_cursor})
+    return order_page(found, limit)
 
 
 @router.get(
@@ -190,3 +170,33 @@ async def my_withdrawals(
     return json_response(
         200, {"data": [withdrawal_body(w) for w in page], "next_cursor": next_cursor}
     )
+
+
+def issuance_page(found: list[portal.IssuanceSummary], limit: int) -> Response:
+    """A page of an agent's issuances (`limit + 1` fetched: the extra one means more)."""
+    page = found[:limit]
+    data = [
+        MyIssuancePublic(
+            id=i.public_id,
+            sku=i.sku,
+            quantity=i.quantity,
+            amount=i.amount,
+            currency=i.currency,
+            reference=i.reference,
+            created_at=i.created_at,
+        ).model_dump(mode="json")
+        for i in page
+    ]
+    next_cursor = statements.encode_cursor("iss", page[-1].id) if len(found) > limit else None
+    return json_response(200, {"data": data, "next_cursor": next_cursor})
+
+
+def order_page(found: list[portal.OrderSummary], limit: int) -> Response:
+    """A page of an agent's store orders, without the order's internal id."""
+    page = found[:limit]
+    data = [
+        MyOrderPublic(**{k: v for k, v in asdict(o).items() if k != "id"}).model_dump(mode="json")
+        for o in page
+    ]
+    next_cursor = statements.encode_cursor("ord", page[-1].id) if len(found) > limit else None
+    return json_response(200, {"data": data, "next_cursor": next_cursor})
