@@ -39,12 +39,14 @@ def request_key(request: Request, *, required: bool) -> str | None:
 
 
 def request_hash(request: Request, payload: object) -> bytes:
+    return request_hash_of(request.method, request.url.path, payload)
+
+
+def request_hash_of(method: str, path: str, payload: object) -> bytes:
     # The parsed body, canonically encoded: whitespace or key order in the JSON a client
     # sends on a retry does not make it a different request.
     canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(
-        request.method.encode() + b" " + request.url.path.encode() + b"\n" + canonical
-    ).digest()
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).digest()
 
 
 def json_response(status: int, body: object) -> Response:

@@ -6,9 +6,10 @@ hot path: no extra task, no body buffering.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
-import uuid
 
 import orjson
 import structlog
@@ -24,6 +25,52 @@ _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _UNMATCHED_ROUTE = "<unmatched>"
 
 
+class RequestContext:
+    """One request's id, clock and outcome: bound to the log context while it runs, then
+    counted, timed and logged once. The middleware below and the issuance hot path
+    (api.hot_path) share it."""
+
+    __slots__ = ("encoded_id", "request_id", "scope", "started", "status")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.request_id = _incoming_request_id(scope) or _REQUEST_IDS.new()
+        scope.setdefault("state", {})["request_id"] = self.request_id
+        self.encoded_id = self.request_id.encode()
+        self.status = 500
+        self.started = time.perf_counter()
+        structlog.contextvars.bind_contextvars(request_id=self.request_id)
+
+    def sender(self, send: Send) -> Send:
+        """`send`, adding the request id header and noting the status."""
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER, self.encoded_id))
+                message["headers"] = headers
+            await send(message)
+
+        return send_with_id
+
+    def finish(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        route = self.scope.get("route")
+        template = getattr(route, "path", None) or _UNMATCHED_ROUTE
+        method = self.scope["method"]
+        HTTP_REQUESTS.labels(method, template, str(self.status)).inc()
+        HTTP_LATENCY.labels(method, template).observe(elapsed)
+        log.info(
+            "request",
+            method=method,
+            route=template,
+            status=self.status,
+            duration_ms=round(elapsed * 1000, 3),
+        )
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -32,40 +79,30 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        encoded_id = request_id.encode()
-        status = 500
-        started = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER, encoded_id))
-                message["headers"] = headers
-            await send(message)
-
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        context = RequestContext(scope)
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, context.sender(send))
         finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or _UNMATCHED_ROUTE
-            method = scope["method"]
-            HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            HTTP_LATENCY.labels(method, template).observe(elapsed)
-            log.info(
-                "request",
-                method=method,
-                route=template,
-                status=status,
-                duration_ms=round(elapsed * 1000, 3),
-            )
-            structlog.contextvars.unbind_contextvars("request_id")
+            context.finish()
+
+
+class _RequestIds:
+    """Ids only need to be unique: a random prefix per process and a counter are, and
+    cost a fraction of a uuid4 on the hot path. A forked worker draws its own prefix."""
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_REQUEST_IDS = _RequestIds()
+os.register_at_fork(after_in_child=_REQUEST_IDS.reseed)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
@@ -91,9 +128,8 @@ class BodyLimitMiddleware:
         headers = dict(scope["headers"])
         content_type = headers.get(b"content-type", b"")
         limit = self.upload_limit if content_type.startswith(b"multipart/") else self.json_limit
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(send, limit)
+        if declared_too_large(headers, limit):
+            await too_large(send, limit)
             return
         received = 0
 
@@ -103,20 +139,47 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
+                    raise BodyTooLarge
             return message
 
         try:
             await self.app(scope, counted, send)
-        except _BodyTooLarge:
-            await _too_large(send, limit)
+        except BodyTooLarge:
+            await too_large(send, limit)
 
 
-class _BodyTooLarge(Exception):
+def declared_too_large(headers: dict[bytes, bytes], limit: int) -> bool:
+    declared = headers.get(b"content-length")
+    return declared is not None and declared.isdigit() and int(declared) > limit
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refused with BodyTooLarge if its Content-Length is over
+    `limit` bytes, or once more than that has arrived."""
+    if declared_too_large(dict(scope["headers"]), limit):
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            # The client went away: what was sent so far is all there is.
+            break
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class BodyTooLarge(Exception):
     pass
 
 
-async def _too_large(send: Send, limit: int) -> None:
+async def too_large(send: Send, limit: int) -> None:
     body = orjson.dumps(
         {
             "type": "https://kami.dev/problems/payload-too-large",
@@ -126,14 +189,14 @@ async def _too_large(send: Send, limit: int) -> None:
             "code": "payload_too_large",
         }
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    await send_whole(send, 413, body, b"application/problem+json")
+
+
+async def send_whole(
+    send: Send, status: int, body: bytes, content_type: bytes, *extra: tuple[bytes, bytes]
+) -> None:
+    """Send a complete response in two ASGI messages, without building a Response."""
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -238,7 +239,9 @@ async def test_every_reveal_is_audited(shop: Shop, database_url: str) -> None:
             422,
             "invalid_request",
         ),
-        (b'{"sku": "' + b"S" * 100_000 + b'", "quantity": 1}', 422, "invalid_request"),
+        # Long but under the issuance body limit (64 KiB): the field's own bound refuses it.
+        (b'{"sku": "' + b"S" * 60_000 + b'", "quantity": 1}', 422, "invalid_request"),
+        (b'{"sku": "' + b"S" * 100_000 + b'", "quantity": 1}', 413, "payload_too_large"),
         (b"\xff\xfe not even utf-8", 400, "malformed_request"),
     ],
 )
@@ -267,6 +270,44 @@ async def test_a_body_over_the_limit_is_413(shop: Shop) -> None:
     assert response.json()["code"] == "payload_too_large"
 
 
+async def test_the_hot_path_refuses_big_bodies_and_maps_unexpected_errors(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # IssuanceHotPath runs ahead of the middleware: it applies the JSON body limit and the
+    # application's exception handlers itself, and counts and tags what it answers.
+    headers = {**shop.agent(), "Idempotency-Key": "hot-big", "Content-Type": "application/json"}
+    declared = await shop.client.post("/v1/issuances", content=b" " * (65 << 10), headers=headers)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * (4 << 10)
+
+    streamed = await shop.client.post("/v1/issuances", content=chunks(), headers=headers)
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert response.json()["code"] == "payload_too_large"
+        assert response.headers["x-request-id"]
+
+    async def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    service = shop.client._transport.app.state.issuance  # type: ignore[attr-defined]
+    monkeypatch.setattr(service, "issue", broken)
+    failed = await shop.issue(1, key="hot-bug")
+    assert failed.status_code == 500
+    assert failed.headers["content-type"] == "application/problem+json"
+    assert failed.json()["code"] == "internal_error"
+    assert "a bug" not in failed.text
+    metrics = (await shop.client.get("/metrics")).text
+    for status in ("413", "500"):
+        assert (
+            f'kami_http_requests_total{{method="POST",route="/v1/issuances",status="{status}"}}'
+            in metrics
+        )
+    monkeypatch.undo()
+    assert (await shop.issue(1, key="hot-bug")).status_code == 201
+
+
 async def test_a_deposit_is_spendable_at_once(
     app_client: httpx.AsyncClient, operator_token: str
 ) -> None:
@@ -279,7 +320,7 @@ async def test_a_deposit_is_spendable_at_once(
 
 
 async def test_the_fast_path_answers_like_the_routed_endpoint(shop: Shop) -> None:
-    # POST /v1/issuances skips FastAPI's routing (api.routers.issuance.IssuanceFastPath):
+    # POST /v1/issuances skips FastAPI (api.routers.issuance.IssuanceHotPath):
     # auth failures, metrics and problem documents must not notice.
     client = shop.client
     body = {"sku": shop.sku, "quantity": 1}
