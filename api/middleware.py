@@ -13,6 +13,7 @@ import time
 
 import orjson
 import structlog
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -28,7 +29,7 @@ _UNMATCHED_ROUTE = "<unmatched>"
 class RequestContext:
     """One request's id, clock and outcome: bound to the log context while it runs, then
     counted, timed and logged once. The middleware below and the issuance hot path
-    (api.hot_path) share it."""
+    (api.routers.issuance.IssuanceHotPath) share it."""
 
     __slots__ = ("encoded_id", "request_id", "scope", "started", "status")
 
@@ -155,7 +156,8 @@ def declared_too_large(headers: dict[bytes, bytes], limit: int) -> bool:
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole request body, refused with BodyTooLarge if its Content-Length is over
-    `limit` bytes, or once more than that has arrived."""
+    `limit` bytes, or once more than that has arrived; ClientDisconnect if the client
+    leaves before the end of it."""
     if declared_too_large(dict(scope["headers"]), limit):
         raise BodyTooLarge
     chunks: list[bytes] = []
@@ -163,8 +165,8 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            # The client went away: what was sent so far is all there is.
-            break
+            # The client went away mid-body: a truncated body must not be acted on.
+            raise ClientDisconnect
         chunk = message.get("body", b"")
         received += len(chunk)
         if received > limit:

@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Path, Request, status
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -170,6 +171,9 @@ class IssuanceHotPath:
             raw = await read_body(scope, receive, limit)
         except BodyTooLarge:
             await too_large(context.sender(send), limit)
+            return
+        except ClientDisconnect:
+            context.status = 499  # nobody to answer; counted as nginx names it
             return
         request = Request(scope, _replay(raw))
         try:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from tests.integration.issuance.conftest import Shop, make_shop
@@ -306,6 +307,48 @@ async def test_the_hot_path_refuses_big_bodies_and_maps_unexpected_errors(
         )
     monkeypatch.undo()
     assert (await shop.issue(1, key="hot-bug")).status_code == 201
+
+
+async def test_a_client_that_leaves_mid_body_is_not_served(shop: Shop) -> None:
+    # The first chunk is a whole, valid issuance: acting on it would issue a key nobody
+    # asked to the end for (and the retry below would then be an idempotency conflict).
+    app = shop.client._transport.app  # type: ignore[attr-defined]
+    body = orjson.dumps({"sku": shop.sku, "quantity": 1})
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/issuances",
+        "raw_path": b"/v1/issuances",
+        "root_path": "",
+        "query_string": b"",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 5000),
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", f"Bearer {shop.api_key}".encode()),
+            (b"idempotency-key", b"gone"),
+            (b"content-type", b"application/json"),
+        ],
+    }
+    incoming = iter(
+        [{"type": "http.request", "body": body, "more_body": True}, {"type": "http.disconnect"}]
+    )
+    sent: list[object] = []
+
+    async def receive() -> object:
+        return next(incoming)
+
+    async def send(message: object) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent == []
+    retry = await shop.issue(2, key="gone")
+    assert retry.status_code == 201
+    assert len(retry.json()["keys"]) == 2
 
 
 async def test_a_deposit_is_spendable_at_once(
