@@ -29,7 +29,7 @@ import asyncpg
 import httpx
 
 from bench import baseline_redis as rb
-from bench import skip_locked
+from bench import server_metrics, skip_locked
 from bench.http_load import LoadResult, paced_users, ramp_locust, run_locust
 from bench.report import GOALS, draw_chart, evaluate_goals
 
@@ -569,10 +569,13 @@ def http_scenarios(
     profile_pids: list[int] | None = None,
 ) -> dict[str, Any]:
     runs: dict[str, LoadResult] = {}
+    # What the server measured itself over each Kami run (see bench/server_metrics.py).
+    seen_by_server: dict[str, dict[str, Any]] = {}
     steps, step_s = sizes.ramp_users, sizes.ramp_step_s
     ramp_s = len(steps) * (step_s + 3)  # + Locust's start and stop per step
     log(f"http: kami saturation, users {steps} for {step_s}s each")
     profiles = start_profiles(profile_pids, max(ramp_s - 4, 2), out) if profile_pids else []
+    scraped = server_metrics.scrape(base_url)
     runs["kami_saturation"] = ramp_locust(
         "kami_saturation",
         base_url,
@@ -584,6 +587,8 @@ def http_scenarios(
         processes=processes,
     )
     profile = summarize_profiles(profiles) if profiles else None
+    after_ramp = server_metrics.scrape(base_url)
+    seen_by_server["kami_saturation"] = server_metrics.window(scraped, after_ramp)
     peak = runs["kami_saturation"].peak_rps
     users, per_user = paced_users(0.8 * peak, 16)
     log(f"http: kami at 80% of peak ({0.8 * peak:,.0f}/s: {users} users x {per_user:.1f}/s)")
@@ -597,6 +602,9 @@ def http_scenarios(
         api_key=api_key,
         sku=sku,
         processes=processes,
+    )
+    seen_by_server["kami_at_80pct"] = server_metrics.window(
+        after_ramp, server_metrics.scrape(base_url)
     )
     log("http: no-op endpoint saturation")
     runs["noop"] = ramp_locust(
@@ -618,8 +626,11 @@ def http_scenarios(
             f"  {name}: peak {r.peak_rps:,.0f}/s ok {r.ok_rps:,.0f}/s "
             f"p50 {r.p50_ms} p99 {r.p99_ms} errors {r.errors}"
             + (f" steps {[(int(x['users']), x['ok_rps']) for x in r.steps]}" if r.steps else "")
+            + (f" server {seen_by_server[name]}" if seen_by_server.get(name) else "")
         )
     result: dict[str, Any] = {name: r.as_dict() for name, r in runs.items()}
+    for name, figures in seen_by_server.items():
+        result[name]["server"] = figures
     if profile is not None:
         result["profile"] = profile
     return result

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import gc
+
 import httpx
 import pytest
+
+from api.app import create_app
+from engine.settings import Settings
 
 PROBLEM = "application/problem+json"
 
@@ -10,6 +15,18 @@ async def test_livez(client: httpx.AsyncClient) -> None:
     response = await client.get("/livez")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+async def test_a_started_worker_keeps_its_own_objects_out_of_garbage_collection(
+    settings: Settings,
+) -> None:
+    # A full collection would otherwise walk every module, route and model of the worker
+    # with the event loop stopped; at shutdown they are handed back to the collector.
+    app = create_app(settings)
+    before = gc.get_freeze_count()
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() > max(before, 10_000)
+    assert gc.get_freeze_count() == 0
 
 
 async def test_readyz_reports_both_stores(client: httpx.AsyncClient) -> None:
