@@ -104,6 +104,28 @@ async def test_insufficient_balance_is_402_and_takes_nothing(
     assert await poor.stock() == {"available": 4, "held": 0, "issued": 1}
 
 
+async def test_concurrent_debits_beyond_the_funds_are_refused_and_the_rest_committed(
+    app_client: httpx.AsyncClient, operator_token: str, database_url: str
+) -> None:
+    # Every request passes the pre-check (the funds cover one each); the flushes find that
+    # only four fit, refuse the rest and put their keys back.
+    poor = await make_shop(app_client, operator_token, keys=20, deposit=6000, price=1500)
+    responses = await asyncio.gather(*(poor.issue(1) for _ in range(12)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] * 4 + [402] * 8
+    assert {r.json()["code"] for r in responses if r.status_code == 402} == {
+        "insufficient_balance"
+    }
+    assert await poor.balance() == 0
+    assert await poor.stock() == {"available": 16, "held": 0, "issued": 4}
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetchval("SELECT count(*) FROM issuances WHERE sku = $1", poor.sku)
+    finally:
+        await conn.close()
+    assert stored == 4
+
+
 async def test_credit_limit_allows_a_negative_balance_down_to_it(
     app_client: httpx.AsyncClient, operator_token: str
 ) -> None:
