@@ -113,9 +113,11 @@ def draw_chart(report: dict[str, Any], path: Path) -> Path | None:
         ax1.annotate(f"{b[1]:,.0f}", (i, b[1]), ha="center", va="bottom", fontsize=7)
     machine = report.get("machine", {})
     commit = report.get("commit", {}).get("sha", "")[:10]
+    load = (machine.get("loadavg_at_start") or [None])[0]
     ax1.set_title(
         f"Kami bench ({report.get('kind')}) {report.get('timestamp')} @ {commit} - "
-        f"{machine.get('cores')} cores {machine.get('cpu_model')} (shared machine)",
+        f"{machine.get('cores')} cores {machine.get('cpu_model')}"
+        + (f", load {load:.1f} at start" if isinstance(load, float) else ""),
         fontsize=9,
     )
     xs = range(len(lat))

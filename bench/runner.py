@@ -100,8 +100,9 @@ def machine() -> dict[str, Any]:
         "cpu_model": model,
         "platform": platform.platform(),
         "python": platform.python_version(),
+        # How busy the machine already was: the load generator, the server and both
+        # stores share it, and so may anything else running.
         "loadavg_at_start": list(os.getloadavg()),
-        "shared": "a shared 2-core development machine: other builds may run at the same time",
     }
 
 

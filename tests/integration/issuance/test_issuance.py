@@ -113,9 +113,7 @@ async def test_concurrent_debits_beyond_the_funds_are_refused_and_the_rest_commi
     responses = await asyncio.gather(*(poor.issue(1) for _ in range(12)))
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] * 4 + [402] * 8
-    assert {r.json()["code"] for r in responses if r.status_code == 402} == {
-        "insufficient_balance"
-    }
+    assert {r.json()["code"] for r in responses if r.status_code == 402} == {"insufficient_balance"}
     assert await poor.balance() == 0
     assert await poor.stock() == {"available": 16, "held": 0, "issued": 4}
     conn = await asyncpg.connect(database_url)
