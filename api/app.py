@@ -42,6 +42,7 @@ from engine.issuance.reconciler import Reconciler
 from engine.issuance.service import IssuanceService
 from engine.ledger.commissions import release_forever
 from engine.logging import configure as configure_logging
+from engine.metrics import GC_PAUSES
 from engine.notify.worker import OutboxWorker
 from engine.orders.service import OrderService
 from engine.payments.registry import build_providers
@@ -94,8 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The ~130k objects of a started worker (modules, routes, models, caches) live as
         # long as it does, yet every full collection walked all of them: 30-90 ms with the
         # event loop stopped, the largest pause in a flash sale's tail. Frozen, they are
-        # skipped; what requests allocate later is collected as before.
+        # skipped; what requests allocate later is collected as before. The pauses that
+        # remain are exported as kami_gc_pause_seconds.
         gc.freeze()
+        GC_PAUSES.watch()
         try:
             yield
         finally:

@@ -350,7 +350,10 @@ async def engine_scenario(
     from engine._core import Pool
     from engine.crypto.keyring import load_keyring
     from engine.issuance.service import IssuanceService
+    from engine.metrics import GC_PAUSES
     from engine.principals import AgentKey
+
+    GC_PAUSES.watch()  # this process's full collections go into the group-commit figures
 
     timings: dict[str, list[float]] = {}
 
@@ -399,15 +402,16 @@ async def engine_scenario(
             assert code is not None
 
         for c in sizes.engine_concurrency:
-            before = _flush_stats()
+            before = _in_process_metrics()
             ok, seconds, lat = await rb.take_until(issue, c, sizes.engine_requests, f"e{c}")
-            after = _flush_stats()
+            after = _in_process_metrics()
             kami[str(c)] = {
                 "issuances": ok,
                 "seconds": seconds,
                 "per_s": ok / seconds,
                 **_percentiles(lat),
-                "group_commit": _flush_delta(before, after),
+                # Flushes, their sizes and durations, the engine's own latency, the GC.
+                "group_commit": server_metrics.window(before, after),
             }
             log(
                 f"engine kami c={c}: {ok / seconds:,.0f} issuances/s {kami[str(c)]['group_commit']}"
@@ -436,29 +440,11 @@ async def engine_scenario(
     }
 
 
-def _flush_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    flushes = after["flushes"] - before["flushes"]
-    if not flushes:
-        return {"flushes": 0}
-    return {
-        "flushes": flushes,
-        "mean_size": round((after["size_sum"] - before["size_sum"]) / flushes, 1),
-        "mean_ms": round(1000 * (after["seconds_sum"] - before["seconds_sum"]) / flushes, 2),
-    }
+def _in_process_metrics() -> dict[str, server_metrics.Buckets]:
+    """This process's own exposition, as a server's /metrics would give it."""
+    from engine.metrics import render
 
-
-def _flush_stats() -> dict[str, float]:
-    """The batcher's own histograms in this process: flushes, mean size, mean duration."""
-    from prometheus_client import REGISTRY
-
-    def value(name: str) -> float | None:
-        return REGISTRY.get_sample_value(name)
-
-    return {
-        "flushes": value("kami_batcher_flush_size_count") or 0.0,
-        "size_sum": value("kami_batcher_flush_size_sum") or 0.0,
-        "seconds_sum": value("kami_batcher_flush_duration_seconds_sum") or 0.0,
-    }
+    return server_metrics.parse(render().decode())
 
 
 async def check_sale(database_url: str, sku: str, imported: int) -> dict[str, int]:

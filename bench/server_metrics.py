@@ -2,7 +2,8 @@
 
 Locust's latencies include the load generator's own scheduling delays, which on a machine
 shared with the server are not small. The server's histograms (request time inside the
-app, the engine's issuance time, group-commit flushes) split a client-side tail into the
+app, the engine's issuance time, group-commit flushes, the garbage collector's full
+collections) split a client-side tail into the
 part the server spent and the part it did not. Quantiles are read from the bucket counts
 of the scrape-to-scrape difference, interpolated linearly within a bucket, so they are as
 coarse as the buckets (`engine/metrics.py`).
@@ -22,6 +23,7 @@ HISTOGRAMS: dict[str, tuple[str, dict[str, str]]] = {
     "issuance": ("kami_issuance_duration_seconds", {}),
     "flush": ("kami_batcher_flush_duration_seconds", {}),
     "flush_size": ("kami_batcher_flush_size", {}),
+    "gc_full": ("kami_gc_pause_seconds", {"generation": "2"}),
 }
 
 Buckets = dict[float, float]  # upper bound -> cumulative count; SUM -> sum of observations
@@ -79,8 +81,9 @@ def quantile(buckets: Buckets, q: float) -> float | None:
 
 
 def window(before: dict[str, Buckets] | None, after: dict[str, Buckets] | None) -> dict[str, Any]:
-    """The server's figures between two scrapes: request and issuance p50/p99 (ms), and the
-    flushes' count, p50/p99 duration (ms) and mean size (issuances per flush)."""
+    """The server's figures between two scrapes: request, issuance, flush and full-collection
+    p50/p99 (ms); the number of flushes and their mean size (issuances per flush), and the
+    number of full collections."""
     if before is None or after is None:
         return {}
     delta = {
@@ -88,7 +91,7 @@ def window(before: dict[str, Buckets] | None, after: dict[str, Buckets] | None) 
         for figure in after
     }
     result: dict[str, Any] = {}
-    for figure in ("http", "issuance", "flush"):
+    for figure in ("http", "issuance", "flush", "gc_full"):
         for q in (0.5, 0.99):
             value = quantile(delta[figure], q)
             result[f"{figure}_p{round(q * 100)}_ms"] = (
@@ -98,4 +101,5 @@ def window(before: dict[str, Buckets] | None, after: dict[str, Buckets] | None) 
     flushes = sizes.get(math.inf, 0.0)
     result["flushes"] = int(flushes)
     result["flush_mean_size"] = round(sizes.get(SUM, 0.0) / flushes, 1) if flushes else None
+    result["gc_full_collections"] = int(delta["gc_full"].get(math.inf, 0.0))
     return result

@@ -6,7 +6,10 @@ worker imports prometheus_client, and `/metrics` aggregates every worker's files
 
 from __future__ import annotations
 
+import bisect
+import gc
 import os
+import time
 from collections.abc import Iterator, Mapping
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
@@ -17,7 +20,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 HTTP_REQUESTS = Counter(
@@ -47,11 +50,61 @@ def render(stock: Mapping[str, tuple[int, int, int]] | None = None) -> bytes:
         text = generate_latest(registry)
     else:
         text = generate_latest(DEFAULT_REGISTRY)
+    scrape = CollectorRegistry()
+    scrape.register(GC_PAUSES)
     if stock:
-        scrape = CollectorRegistry()
         scrape.register(_StockCollector(stock))
-        text += generate_latest(scrape)
-    return text
+    return text + generate_latest(scrape)
+
+
+GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class GcPauses(Collector):
+    """The garbage collector's pauses in this process (the event loop stands still for
+    each), by generation, exported as `kami_gc_pause_seconds`.
+
+    Counted by `gc.callbacks` into plain lists, not a prometheus_client Histogram: a
+    collection can start inside any allocation, also one made while a metric holds its
+    (non-reentrant) lock, and observing a metric from the callback would then deadlock.
+    With several workers the figures are those of the worker answering the scrape."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        # Per generation: counts per bucket (not cumulative; the last is +Inf), and sums.
+        self._counts = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(3)]
+        self._sums = [0.0] * 3
+
+    def watch(self) -> None:
+        """Start counting (once per process; a second call changes nothing)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: Mapping[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        elapsed = time.perf_counter() - self._started
+        generation = info["generation"]
+        self._counts[generation][bisect.bisect_left(GC_PAUSE_BUCKETS, elapsed)] += 1
+        self._sums[generation] += elapsed
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "kami_gc_pause_seconds",
+            "Garbage-collector pauses of the worker answering the scrape, by generation.",
+            labels=["generation"],
+        )
+        for generation, counts in enumerate(self._counts):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*GC_PAUSE_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            family.add_metric([str(generation)], buckets, self._sums[generation])
+        yield family
+
+
+GC_PAUSES = GcPauses()
 
 
 class _StockCollector(Collector):

@@ -50,6 +50,7 @@ def test_the_quick_bench_fills_every_field_of_its_report(tmp_path: Path) -> None
     http = report["http"]
     assert http["peak_rps"] > 0 and http["p50_ms"] > 0 and http["p99_ms_at_80pct"] > 0
     assert http["kami_at_80pct"]["server"]["flushes"] > 0
+    assert "gc_full_collections" in http["kami_at_80pct"]["server"]
     assert report["decrypt_per_s_core"] > 0
     assert report["import_1m_s"] > 0
     # The sale's check in PostgreSQL after the HTTP runs.

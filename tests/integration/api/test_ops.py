@@ -45,6 +45,18 @@ async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClien
     assert "process_cpu_seconds_total" in text
 
 
+async def test_metrics_time_the_garbage_collectors_pauses(client: httpx.AsyncClient) -> None:
+    def full_collections(text: str) -> float:
+        prefix = 'kami_gc_pause_seconds_count{generation="2"} '
+        [line] = [line for line in text.splitlines() if line.startswith(prefix)]
+        return float(line.removeprefix(prefix))
+
+    before = full_collections((await client.get("/metrics")).text)
+    gc.collect()
+    gc.collect()
+    assert full_collections((await client.get("/metrics")).text) >= before + 2
+
+
 async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
     schema = (await client.get("/openapi.json")).json()
     assert schema["info"]["title"] == "Kami"

@@ -14,7 +14,7 @@ BOUNDS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 
 
 class Server:
-    """The four histograms the bench reads, in a registry of their own."""
+    """The histograms the bench reads, in a registry of their own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -33,6 +33,9 @@ class Server:
         )
         self.flush_size = Histogram(
             "kami_batcher_flush_size", "", buckets=(1, 4, 16, 64, 256), registry=self.registry
+        )
+        self.gc = Histogram(
+            "kami_gc_pause_seconds", "", ["generation"], buckets=BOUNDS, registry=self.registry
         )
 
     def scrape(self) -> dict[str, server_metrics.Buckets]:
@@ -54,6 +57,9 @@ def test_quantiles_come_from_the_window_between_scrapes_only() -> None:
     for size in (3, 3, 10, 10):
         server.flush_size.observe(size)
         server.flush.observe(0.007)
+    server.gc.labels("2").observe(0.004)
+    server.gc.labels("2").observe(0.004)
+    server.gc.labels("0").observe(0.3)  # a young collection: not a full one
     figures = server_metrics.window(before, server.scrape())
 
     # 50 of 100 at or below 5 ms, 99 at or below 25 ms: the bucket bounds exactly.
@@ -64,6 +70,8 @@ def test_quantiles_come_from_the_window_between_scrapes_only() -> None:
     # All four flushes in (5, 10] ms: the median is interpolated halfway.
     assert figures["flush_p50_ms"] == pytest.approx(7.5)
     assert figures["issuance_p50_ms"] is None  # nothing observed
+    assert figures["gc_full_collections"] == 2
+    assert figures["gc_full_p99_ms"] <= 5.0
 
 
 def test_a_quantile_is_interpolated_within_its_bucket() -> None:
